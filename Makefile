@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/jdl claims --quick --out runs/claims
+	$(BIN)/jdl demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

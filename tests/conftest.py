@@ -1,6 +1,15 @@
-"""Test configuration: float64 available, strict rank promotion."""
+"""Test configuration: four host devices for sharding tests, float64, strict rank promotion.
 
-import jax
+XLA_FLAGS must be set before JAX initialises its backends; the default
+device stays CPU 0, so single-device tests are unaffected.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

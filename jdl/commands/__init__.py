@@ -1,0 +1,1 @@
+"""Subcommands of the ``jdl`` command, one module each (see :mod:`jdl.cli`)."""
