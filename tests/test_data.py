@@ -1,0 +1,102 @@
+"""jdl.data: bundled datasets, deterministic splits, transforms fitted on training data, batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl import data
+
+SIZES = {"digits": (1797, 64, 10), "breast_cancer": (569, 30, 2), "diabetes": (442, 10, 0),
+         "iris": (150, 4, 3), "wine": (178, 13, 3)}
+
+
+@pytest.mark.parametrize("name", data.DATASETS)
+def test_load_shapes_and_partition(name):
+    n, d, k = SIZES[name]
+    ds = data.load(name, key=jax.random.key(3))
+    assert ds.num_classes == k and ds.name == name and len(ds.feature_names) == d
+    xs = [ds.x_train, ds.x_val, ds.x_test]
+    assert sum(x.shape[0] for x in xs) == n
+    assert all(x.shape[1] == d and x.dtype == jnp.float32 for x in xs)
+    # The three splits partition the raw rows: every row appears exactly once.
+    rows = np.concatenate([np.asarray(x, np.float64) for x in xs])
+    raw = data._raw(name)[0]
+    key = lambda a: np.round(a, 4).tobytes()  # noqa: E731
+    assert sorted(map(key, rows)) == sorted(map(key, raw.astype(np.float32).astype(np.float64)))
+    if k:
+        assert ds.y_train.dtype == jnp.int32 and int(ds.y_train.max()) == k - 1
+
+
+def test_split_is_deterministic_in_the_key():
+    a, b = data.load("iris", key=jax.random.key(1)), data.load("iris", key=jax.random.key(1))
+    c = data.load("iris", key=jax.random.key(2))
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+
+
+def test_digits_images_and_scale():
+    ds = data.load("digits", images=True)
+    assert ds.x_train.shape[1:] == (8, 8, 1)
+    assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+
+
+def test_diabetes_is_raw_regression():
+    ds = data.load("diabetes")
+    assert ds.y_train.dtype == jnp.float32
+    assert float(ds.x_train[:, 0].mean()) > 20  # age in years, not sklearn's pre-scaled copy
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: data.load("mnist"), "unknown dataset"),
+    (lambda: data.load("iris", split=(0.5, 0.5, 0.5)), "summing to 1"),
+    (lambda: data.load("iris", images=True), "images=True"),
+    (lambda: data.fit_whiten(jnp.ones((5, 2)), method="svd"), "method"),
+    (lambda: data.fit_center(jnp.ones(5)), r"shape \(n >= 2"),
+    (lambda: data.batch_indices(jax.random.key(0), 10, 11), "batch_size"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_transforms_are_fitted_on_training_data():
+    ds = data.load("wine", dtype=jnp.float64)
+    center = data.fit_center(ds.x_train)
+    np.testing.assert_allclose(center(ds.x_train).mean(0), 0, atol=1e-10)
+    assert np.abs(center(ds.x_val).mean(0)).max() > 1e-3  # validation data is not re-centred
+    std = data.fit_standardize(ds.x_train)
+    np.testing.assert_allclose(std(ds.x_train).std(0), 1, atol=1e-10)
+    for method in ("pca", "zca"):
+        z = data.fit_whiten(ds.x_train, method=method, eps=0.0)(ds.x_train)
+        np.testing.assert_allclose(z.T @ z / z.shape[0], np.eye(13), atol=1e-8)
+
+
+def test_zca_is_the_symmetric_whitening():
+    x = jax.random.normal(jax.random.key(0), (500, 4)) @ jnp.array(
+        [[2.0, 0.3, 0, 0], [0, 1, 0.5, 0], [0, 0, 0.2, 0], [0.1, 0, 0, 3]])
+    w = data.fit_whiten(x, method="zca", eps=0.0).matrix
+    np.testing.assert_allclose(w, w.T, atol=1e-10)
+    cov = np.cov(np.asarray(x).T, bias=True)
+    np.testing.assert_allclose(w @ w, np.linalg.inv(cov), rtol=1e-8)
+
+
+@pytest.mark.parametrize("n,b,drop_last", [(10, 3, True), (10, 3, False), (12, 4, True)])
+def test_batch_indices_is_a_permutation(n, b, drop_last):
+    idx = np.asarray(jax.jit(data.batch_indices, static_argnums=(1, 2, 3))(
+        jax.random.key(0), n, b, drop_last))
+    if drop_last:
+        assert idx.shape == (n // b, b) and len(set(idx.ravel())) == idx.size
+    else:
+        assert idx.shape == (-(-n // b), b) and set(idx.ravel()) == set(range(n))
+        assert len(set(idx.ravel()[:n])) == n  # the permutation first, padding after
+
+
+def test_minibatches_keeps_pairs_together():
+    x = jnp.arange(20.0).reshape(10, 2)
+    y = jnp.arange(10)
+    xb, yb = data.minibatches(jax.random.key(4), (x, y), 5)
+    assert xb.shape == (2, 5, 2) and yb.shape == (2, 5)
+    np.testing.assert_array_equal(xb[..., 0], 2 * yb)
+    with pytest.raises(ValueError, match="same first axis"):
+        data.minibatches(jax.random.key(0), (x, y[:5]), 5)
