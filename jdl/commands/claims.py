@@ -44,6 +44,8 @@ def _check_writable(out: Path) -> None:
 
 def run(args) -> int:
     """Run the selected studies, saving the report after each; print a summary."""
+    # Identities are checked to float64 precision; studies ask for float32 where speed matters.
+    jax.config.update("jax_enable_x64", True)
     from jdl import studies
     from jdl.studies import report, runner
 
