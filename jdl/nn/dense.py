@@ -43,7 +43,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal",
         check_last_dim("dense", x, params["w"].shape[0])
         y = x @ params["w"]
         if use_bias:
-            y = y + params["b"]
+            y = y + jnp.broadcast_to(params["b"], y.shape)
         return y, ({} if state is None else state)
 
     return Layer(init, apply, "dense", {"features": features, "use_bias": use_bias})
