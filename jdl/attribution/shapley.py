@@ -1,0 +1,443 @@
+"""Shapley values of a batched model: permutation sampling, exact enumeration, KernelSHAP.
+
+The game is the interventional one: for an instance ``x`` and a background set
+``B`` of ``m`` rows, the value of a coalition ``S`` of features is
+
+    v(S) = (1/m) sum_b f(x_S, b_{not S}),
+
+so ``v(empty) = mean_b f(b)`` and ``v(all) = f(x)``. One reference vector is a
+background set of one row. The Shapley value of feature ``i`` is
+
+    phi_i = sum_{S not containing i} |S|! (d - |S| - 1)! / d! (v(S + i) - v(S)),
+
+equivalently the mean over all ``d!`` orderings of the marginal contribution
+of ``i`` when it joins the features before it (the notes' formula).
+
+Every method evaluates ``v`` on many coalitions of many instances. jdl builds
+all those model rows inside one ``jit``: instances x coalitions x background
+rows, vmapped, in chunks of at most ``max_rows`` rows per model call (nested
+``lax.scan``), so memory stays bounded and nothing runs in a Python loop.
+
+References:
+  Shapley, "A value for n-person games" (1953).
+  Castro, Gomez & Tejada, "Polynomial calculation of the Shapley value based
+  on sampling", Computers & Operations Research (2009): permutation sampling.
+  Mitchell, Cooper, Frank & Holmes, "Sampling permutations for Shapley value
+  estimation", JMLR (2022): antithetic (reversed) permutations.
+  Lundberg & Lee, "A unified approach to interpreting model predictions",
+  NeurIPS (2017): KernelSHAP.
+  Covert & Lee, "Improving KernelSHAP", AISTATS (2021): paired sampling and
+  the constrained least-squares solution with its standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.tree_util import Partial
+
+METHODS = ("permutation", "exact", "kernel")
+MAX_EXACT_GROUPS = 20
+
+
+class ShapleyValues(NamedTuple):
+    """Attributions with what they add up to.
+
+    Attributes:
+      values: ``(batch, groups)`` or ``(batch, groups, outputs)`` for a
+        multi-output model; the batch axis is absent when ``x`` was one
+        instance ``(d,)``. Without ``groups``, ``groups = d``.
+      std_error: the standard error of each value (same shape), or ``None``
+        for ``method="exact"`` and for fewer than two independent samples.
+      prediction: ``f(x)``, shape ``(batch,)`` or ``(batch, outputs)``.
+      base_value: ``v(empty) = mean_b f(b)``, shape ``()`` or ``(outputs,)``.
+        Efficiency: ``values.sum(groups axis) == prediction - base_value``.
+      num_evaluations: the number of model rows evaluated.
+    """
+
+    values: jax.Array
+    std_error: jax.Array | None
+    prediction: jax.Array
+    base_value: jax.Array
+    num_evaluations: int
+
+
+def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
+            num_permutations: int = 64, antithetic: bool = True,
+            method: str = "permutation", groups=None, num_samples: int | None = None,
+            max_rows: int = 16384) -> ShapleyValues:
+    """Shapley values of ``f`` at ``x`` against a reference or a background set.
+
+    Args:
+      f: the model, ``f(rows) -> (n,)`` or ``(n, outputs)`` for ``rows`` of
+        shape ``(n, d)``. Pass ``jax.tree_util.Partial(apply, params)`` to keep
+        the params as arguments of the compiled program (no recompilation when
+        they change); a plain function is compiled once per function object.
+      x: one instance ``(d,)`` or instances ``(batch, d)``.
+      baseline: one reference ``(d,)`` or a background set ``(m, d)``
+        (interventional mean over its rows).
+      key: PRNG key for the sampled methods (``None`` is fine for ``exact``).
+        Instance ``i`` draws from ``fold_in(key, i)``, so its values do not
+        depend on the batch it is in or on how the work is chunked.
+      num_permutations: permutations per instance (``permutation``); for
+        ``kernel`` it sets the default budget.
+      antithetic: ``permutation``: pair each permutation with its reverse
+        (``num_permutations`` must be even); ``kernel``: pair each sampled
+        coalition with its complement.
+      method: ``"permutation"`` (Castro et al. 2009), ``"exact"`` (all
+        ``2**groups`` coalitions with the Shapley weights; at most
+        ``MAX_EXACT_GROUPS`` groups) or ``"kernel"`` (KernelSHAP with efficiency
+        as a constraint).
+      groups: optional int array ``(d,)`` mapping each feature to a group in
+        ``0 .. g-1`` (e.g. image patches, see :func:`patch_groups`); groups are
+        the players, so values have ``g`` entries.
+      num_samples: ``kernel`` only: coalitions per instance; default
+        ``num_permutations * (g - 1)``, the model evaluations of the
+        permutation method.
+      max_rows: most rows sent to ``f`` in one call.
+
+    Returns:
+      A :class:`ShapleyValues`. Permutation samples are exactly efficient
+      each, so ``values`` sum to ``prediction - base_value`` for every method.
+
+    Raises:
+      ValueError: for mismatched shapes, a model output that is not ``(n,)``
+        or ``(n, outputs)``, too many groups for ``exact``, bad options, or
+        non-finite model outputs.
+      TypeError: if ``f`` is not callable.
+    """
+    if not callable(f):
+        raise TypeError(f"shapley: expected a callable model f, got {type(f).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"shapley: expected method in {METHODS}, got {method!r}")
+    x = jnp.asarray(x)
+    if x.ndim not in (1, 2) or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"shapley: expected float x of shape (d,) or (batch, d), got {x.dtype} {x.shape}")
+    background = jnp.asarray(baseline, x.dtype)
+    if background.ndim not in (1, 2) or background.shape[-1] != x.shape[-1]:
+        raise ValueError(
+            f"shapley: expected baseline of shape ({x.shape[-1]},) or (m, {x.shape[-1]}) to "
+            f"match x of shape {x.shape}, got {jnp.shape(baseline)}")
+    single = x.ndim == 1
+    x = jnp.atleast_2d(x)
+    background = jnp.atleast_2d(background)
+    if x.shape[0] == 0 or background.shape[0] == 0:
+        raise ValueError(f"shapley: expected non-empty x and baseline, got {x.shape} and "
+                         f"{background.shape}")
+    d = x.shape[1]
+    group_index, num_groups = _check_groups(groups, d)
+    if not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"shapley: expected a positive int max_rows, got {max_rows!r}")
+    if not isinstance(num_permutations, int) or num_permutations < 1:
+        raise ValueError(
+            f"shapley: expected a positive int num_permutations, got {num_permutations!r}")
+    if method == "permutation" and antithetic and num_permutations % 2:
+        raise ValueError(
+            f"shapley: antithetic sampling pairs each permutation with its reverse, so "
+            f"num_permutations must be even, got {num_permutations}")
+    if method == "exact" and num_groups > MAX_EXACT_GROUPS:
+        raise ValueError(
+            f"shapley: method='exact' enumerates 2**g coalitions and allows at most "
+            f"g={MAX_EXACT_GROUPS} players, got g={num_groups}; use method='permutation' "
+            f"(or 'kernel'), or fewer feature groups")
+    if method == "kernel":
+        if num_samples is None:
+            num_samples = num_permutations * max(num_groups - 1, 1)
+        if not isinstance(num_samples, int) or num_samples < 2 * num_groups:
+            raise ValueError(
+                f"shapley: method='kernel' needs num_samples >= 2 * groups = {2 * num_groups} "
+                f"for a well-posed regression, got {num_samples!r}")
+        num_samples += num_samples % 2 if antithetic else 0
+    if method != "exact" and key is None:
+        raise ValueError(f"shapley: method={method!r} samples at random and needs a key, got None")
+    out_shape = getattr(jax.eval_shape(f, jax.ShapeDtypeStruct((2, d), x.dtype)), "shape", None)
+    if out_shape is None or len(out_shape) not in (1, 2) or out_shape[0] != 2:
+        raise ValueError(
+            f"shapley: expected f to map rows (n, {d}) to (n,) or (n, outputs), got output "
+            f"shape {out_shape} for n=2")
+    if num_groups == 1:
+        method = "exact"  # one player: v(all) - v(empty), no sampling needed
+    key = jax.random.key(0) if key is None else key
+    model = f if isinstance(f, Partial) else Partial(f)
+    values, std_error, prediction, base = _shapley_jit(
+        model, x, background, jnp.asarray(group_index), key, method=method,
+        num_permutations=num_permutations, antithetic=antithetic, num_groups=num_groups,
+        num_samples=num_samples, max_rows=max_rows)
+    if not isinstance(prediction, jax.core.Tracer):
+        for name, arr in (("model outputs f(x)", prediction),
+                          ("model outputs on the baseline", base), ("attributions", values)):
+            if not bool(jnp.all(jnp.isfinite(arr))):
+                raise ValueError(f"shapley: non-finite {name} (NaN or inf); check the model "
+                                 f"and the inputs")
+    n, m, g = x.shape[0], background.shape[0], num_groups
+    per_instance = {"permutation": num_permutations * (g - 1) * m,
+                    "exact": 2 ** g * m, "kernel": (num_samples or 0) * m}[method]
+    num_evaluations = n * (per_instance + 1) + m
+    if len(out_shape) == 1:
+        values, prediction, base = values[..., 0], prediction[..., 0], base[..., 0]
+        std_error = None if std_error is None else std_error[..., 0]
+    if single:
+        values, prediction = values[0], prediction[0]
+        std_error = None if std_error is None else std_error[0]
+    return ShapleyValues(values, std_error, prediction, base, num_evaluations)
+
+
+def patch_groups(height: int, width: int, patch: int | tuple[int, int],
+                 channels: int = 1) -> np.ndarray:
+    """Feature groups for flattened ``(height, width, channels)`` images: one per patch.
+
+    Args:
+      height, width: image size.
+      patch: patch size ``p`` or ``(ph, pw)``; edge patches may be smaller.
+      channels: channels per pixel (all of a pixel's channels share its group).
+
+    Returns:
+      int array ``(height * width * channels,)`` in row-major NHWC order, with
+      groups numbered row by row.
+    """
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if min(height, width, ph, pw, channels) < 1:
+        raise ValueError(f"patch_groups: expected positive sizes, got height={height}, "
+                         f"width={width}, patch={patch}, channels={channels}")
+    rows = np.arange(height)[:, None] // ph
+    cols = np.arange(width)[None, :] // pw
+    grid = rows * (-(-width // pw)) + cols
+    return np.repeat(grid[:, :, None], channels, axis=2).reshape(-1)
+
+
+def _check_groups(groups, d: int) -> tuple[np.ndarray, int]:
+    if groups is None:
+        return np.arange(d, dtype=np.int32), d
+    arr = np.asarray(groups)
+    if arr.shape != (d,) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"shapley: expected integer groups of shape ({d},), got "
+                         f"{arr.dtype} {arr.shape}")
+    g = int(arr.max()) + 1
+    if arr.min() < 0 or len(np.unique(arr)) != g:
+        raise ValueError(f"shapley: expected groups numbered 0 .. g-1 with every group "
+                         f"non-empty, got the values {np.unique(arr).tolist()}")
+    return arr.astype(np.int32), g
+
+
+def _rows_2d(f: Callable, rows: jax.Array) -> jax.Array:
+    """``f(rows)`` as ``(n, outputs)``."""
+    return f(rows).reshape(rows.shape[0], -1)
+
+
+def _evaluate_chunked(f: Callable, rows: jax.Array, max_rows: int) -> jax.Array:
+    """``f`` on ``(n, d)`` rows, at most ``max_rows`` per call: ``(n, outputs)``."""
+    n = rows.shape[0]
+    size = min(n, max_rows)
+    num = -(-n // size)
+    padded = jnp.concatenate([rows, jnp.broadcast_to(rows[-1:], (num * size - n, rows.shape[1]))])
+    out = lax.map(lambda r: _rows_2d(f, r), padded.reshape(num, size, rows.shape[1]))
+    return out.reshape(num * size, -1)[:n]
+
+
+def _coalition_values(f: Callable, x: jax.Array, background: jax.Array,
+                      coalition: Callable, num_units: int, max_rows: int) -> jax.Array:
+    """``v_i(S_u)``, the background mean of ``f``, for every instance and coalition.
+
+    Args:
+      f: the model on rows ``(r, d)``.
+      x: instances ``(n, d)``.
+      background: ``(m, d)``.
+      coalition: ``coalition(i, u) -> (d,)`` bool mask of the features taken
+        from instance ``i`` in coalition ``u`` (traced ints).
+      num_units: coalitions per instance.
+      max_rows: bound on rows per model call.
+
+    Returns:
+      ``(n, num_units, outputs)``.
+
+    The work is split into blocks of ``B`` instances x ``u`` coalitions x
+    ``bm`` background rows (``B * u * bm <= max_rows``), looped with
+    ``lax.scan``. Instance blocks interleave (block ``j`` holds instances
+    ``j, j + num_blocks, ...``) so a batch sharded over devices stays sharded.
+    """
+    n, d = x.shape
+    m = background.shape[0]
+    bm = min(m, max_rows)
+    num_bg = -(-m // bm)
+    bg = jnp.concatenate([background, jnp.zeros((num_bg * bm - m, d), background.dtype)])
+    bg = bg.reshape(num_bg, bm, d)
+    out_dtype = jax.eval_shape(lambda r: _rows_2d(f, r), bg[0]).dtype
+    k = jax.eval_shape(lambda r: _rows_2d(f, r), bg[0]).shape[1]
+    weights = ((jnp.arange(num_bg * bm) < m).astype(out_dtype) / m).reshape(num_bg, bm)
+    block = min(n, max(1, max_rows // bm))
+    per_call = min(num_units, max(1, max_rows // (block * bm)))
+    num_blocks = -(-n // block)
+    num_chunks = -(-num_units // per_call)
+
+    def block_values(inst, xb):
+        def chunk(c):
+            units = jnp.minimum(c * per_call + jnp.arange(per_call), num_units - 1)
+            masks = jax.vmap(lambda i: jax.vmap(lambda u: coalition(i, u))(units))(inst)
+
+            def background_chunk(acc, bw):
+                b, w = bw
+                rows = jnp.where(masks[:, :, None, :], xb[:, None, None, :], b[None, None, :, :])
+                out = _rows_2d(f, rows.reshape(-1, d)).reshape(block, per_call, bm, k)
+                return acc + jnp.einsum("bumk,m->buk", out, w), None
+
+            zero = jnp.zeros((block, per_call, k), out_dtype)
+            if num_bg == 1:
+                return background_chunk(zero, (bg[0], weights[0]))[0]
+            return lax.scan(background_chunk, zero, (bg, weights))[0]
+
+        vals = lax.map(chunk, jnp.arange(num_chunks))
+        return vals.transpose(1, 0, 2, 3).reshape(block, num_chunks * per_call, k)[:, :num_units]
+
+    if num_blocks == 1:
+        return block_values(jnp.arange(n), x)
+    inst = jnp.minimum(jnp.arange(block * num_blocks).reshape(block, num_blocks).T, n - 1)
+    vals = lax.map(lambda ids: block_values(ids, x[ids]), inst)
+    return vals.transpose(1, 0, 2, 3).reshape(block * num_blocks, num_units, k)[:n]
+
+
+def _instance_keys(key: jax.Array, n: int) -> jax.Array:
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def _permutation(x, background, f, groups, key, prediction, base, *, num_groups,
+                 num_permutations, antithetic, max_rows):
+    n, g, p = x.shape[0], num_groups, num_permutations
+    draws = p // 2 if antithetic else p
+
+    def draw(k):
+        return jax.vmap(lambda j: jax.random.permutation(jax.random.fold_in(k, j), g))(
+            jnp.arange(draws))
+
+    perms = jax.vmap(draw)(_instance_keys(key, n))                      # (n, draws, g)
+    if antithetic:
+        perms = jnp.stack([perms, perms[..., ::-1]], axis=2).reshape(n, p, g)
+    ranks = jnp.argsort(perms, axis=-1)                                  # position of each group
+
+    def coalition(i, u):
+        return (ranks[i, u // (g - 1)] < u % (g - 1) + 1)[groups]
+
+    v = _coalition_values(f, x, background, coalition, p * (g - 1), max_rows)
+    k = v.shape[-1]
+    v = v.reshape(n, p, g - 1, k)
+    first = jnp.broadcast_to(base[None, None, None, :], (n, p, 1, k))
+    last = jnp.broadcast_to(prediction[:, None, None, :], (n, p, 1, k))
+    chain = jnp.concatenate([first, v, last], axis=2)                    # (n, p, g + 1, k)
+    gains = chain[:, :, 1:] - chain[:, :, :-1]                           # by position
+    samples = jnp.take_along_axis(gains, ranks[..., None], axis=2)      # by group
+    values = samples.mean(1)
+    independent = samples.reshape(n, p // 2, 2, g, k).mean(2) if antithetic else samples
+    count = independent.shape[1]
+    std_error = independent.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
+    return values, std_error
+
+
+def _shapley_weights(g: int) -> np.ndarray:
+    """``w[s] = s! (g - s - 1)! / g!`` for ``s = 0 .. g - 1``."""
+    s = np.arange(g)
+    return np.exp([math.lgamma(i + 1) + math.lgamma(g - i) - math.lgamma(g + 1) for i in s])
+
+
+def _exact(x, background, f, groups, prediction, *, num_groups, max_rows):
+    g = num_groups
+    total = 2 ** g
+    span = min(total, 4096)
+    bits = jnp.arange(g)
+    weights = _shapley_weights(g)
+    w_in = jnp.asarray(np.concatenate([[0.0], weights]))                 # w[s - 1] for members
+    w_out = jnp.asarray(np.concatenate([weights, [0.0]]))                # w[s] for non-members
+
+    def member(s):
+        return ((s >> bits) & 1).astype(bool)
+
+    def span_values(acc, start):
+        v = _coalition_values(f, x, background, lambda i, u: member(start + u)[groups], span,
+                              max_rows)
+        sets = jax.vmap(member)(start + jnp.arange(span))                # (span, g)
+        size = sets.sum(1)
+        coef = jnp.where(sets, w_in[size][:, None], -w_out[size][:, None]).astype(v.dtype)
+        return acc + jnp.einsum("nsk,sg->ngk", v, coef), None
+
+    zero = jnp.zeros((x.shape[0], g, prediction.shape[1]), prediction.dtype)
+    values, _ = lax.scan(span_values, zero, jnp.arange(0, total, span))
+    return values, None
+
+
+def _kernel_weights(g: int) -> np.ndarray:
+    """P(|S| = s) for ``s = 1 .. g - 1`` under the Shapley kernel: proportional to ``1 / (s (g - s))``."""
+    s = np.arange(1, g)
+    p = 1.0 / (s * (g - s))
+    return p / p.sum()
+
+
+def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_samples,
+            antithetic, max_rows):
+    n, g = x.shape[0], num_groups
+    draws = num_samples // 2 if antithetic else num_samples
+    log_p = jnp.log(jnp.asarray(_kernel_weights(g)))
+
+    def draw(k):
+        def one(j):
+            k_size, k_perm = jax.random.split(jax.random.fold_in(k, j))
+            size = jax.random.categorical(k_size, log_p) + 1
+            return jnp.argsort(jax.random.permutation(k_perm, g)) < size
+        return jax.vmap(one)(jnp.arange(draws))
+
+    sets = jax.vmap(draw)(_instance_keys(key, n))                        # (n, draws, g)
+    if antithetic:
+        sets = jnp.stack([sets, ~sets], axis=2).reshape(n, num_samples, g)
+
+    def coalition(i, u):
+        return sets[i, u][groups]
+
+    v = _coalition_values(f, x, background, coalition, num_samples, max_rows)
+    k = v.shape[-1]
+    y = v - base[None, None, :]                                          # (n, S, k)
+    z = sets.astype(v.dtype)                                             # (n, S, g)
+    a = jnp.einsum("nsg,nsh->ngh", z, z) / num_samples
+    b = jnp.einsum("nsg,nsk->ngk", z, y) / num_samples
+    gap = prediction - base[None, :]                                     # (n, k)
+    ones = jnp.ones((n, g, 1), v.dtype)
+    a_inv_b, a_inv_1 = jnp.split(jnp.linalg.solve(a, jnp.concatenate([b, ones], -1)), [k], -1)
+    denom = a_inv_1.sum(1)                                               # (n, 1)
+    nu = (a_inv_b.sum(1) - gap) / denom                                  # (n, k)
+    values = a_inv_b - a_inv_1 * nu[:, None, :]
+    # Sandwich (delta-method) standard error of the constrained least-squares
+    # solution: each sample's influence is z (y - z . phi) projected by
+    # M = A^-1 - A^-1 1 1^T A^-1 / (1^T A^-1 1); pairs are the independent units.
+    residual = y - jnp.einsum("nsg,ngk->nsk", z, values)
+    influence = jnp.einsum("nsg,nsk->nsgk", z, residual)
+    if antithetic:
+        influence = influence.reshape(n, draws, 2, g, k).mean(2)
+    proj = jnp.linalg.solve(a[:, None], influence)                       # A^-1 t, (n, q, g, k)
+    proj = proj - a_inv_1[:, None] * (proj.sum(2, keepdims=True) / denom[:, None, None])
+    count = influence.shape[1]
+    std_error = proj.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
+    return values, std_error
+
+
+def _shapley_core(f, x, background, groups, key, *, method, num_permutations, antithetic,
+                  num_groups, num_samples, max_rows):
+    prediction = _evaluate_chunked(f, x, max_rows)                      # (n, k)
+    base = _evaluate_chunked(f, background, max_rows).mean(0)           # (k,)
+    if method == "exact":
+        values, std_error = _exact(x, background, f, groups, prediction,
+                                   num_groups=num_groups, max_rows=max_rows)
+    elif method == "permutation":
+        values, std_error = _permutation(
+            x, background, f, groups, key, prediction, base, num_groups=num_groups,
+            num_permutations=num_permutations, antithetic=antithetic, max_rows=max_rows)
+    else:
+        values, std_error = _kernel(
+            x, background, f, groups, key, prediction, base, num_groups=num_groups,
+            num_samples=num_samples, antithetic=antithetic, max_rows=max_rows)
+    return values, std_error, prediction, base
+
+
+_shapley_jit = jax.jit(_shapley_core, static_argnames=(
+    "method", "num_permutations", "antithetic", "num_groups", "num_samples", "max_rows"))
