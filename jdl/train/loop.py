@@ -103,7 +103,7 @@ class FitResult(NamedTuple):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite.
+    """The training loss (or, after an epoch's last step, a parameter) became NaN or infinite.
 
     Attributes:
       epoch: 1-based epoch of the first non-finite step.
@@ -214,10 +214,14 @@ def _epoch_fn(cfg: Config) -> Callable:
         (params, opt_state, model_state), losses = jax.lax.scan(
             body, (train.params, train.opt_state, train.model_state), (idx, keys))
         finite = jnp.isfinite(losses)
-        first_bad = jnp.argmin(finite)
+        # A NaN made by the epoch's last update shows in no loss of this epoch:
+        # check the parameters too, so no checkpoint ever holds NaN weights.
+        state_finite = jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in
+                                          jax.tree.leaves((params, model_state))]))
+        first_bad = jnp.where(finite.all(), losses.shape[0] - 1, jnp.argmin(finite))
         record = {
             "loss": losses.mean(),
-            "bad_step": jnp.where(finite.all(), -1, first_bad).astype(jnp.int32),
+            "bad_step": jnp.where(finite.all() & state_finite, -1, first_bad).astype(jnp.int32),
             "bad_loss": losses[first_bad],
         }
         if val is not None:
@@ -355,9 +359,12 @@ def _raise_non_finite(fn_name, bad_step, bad_loss, chunk_start, epochs, num_batc
     where = "" if restart is None else f" of restart {restart}"
     kept = (f"; the last good checkpoint (epoch {saved_epoch}) is kept at {str(saved)!r}"
             if saved is not None else "")
+    loss = float(bad_loss[tuple(first)])
+    what = (f"non-finite training loss {loss}{where} at" if not np.isfinite(loss) else
+            f"non-finite parameters{where} after the update of")
     raise NonFiniteLossError(
-        f"{fn_name}: non-finite training loss {float(bad_loss[tuple(first)])}{where} at epoch "
-        f"{epoch} of {epochs}, step {step} of {num_batches}{kept}", epoch, step, restart, saved)
+        f"{fn_name}: {what} epoch {epoch} of {epochs}, step {step} of {num_batches}{kept}",
+        epoch, step, restart, saved)
 
 
 def drive(fn_name: str, runner: Callable, run: Run, data, val, *, epochs: int, chunk: int,
@@ -413,6 +420,20 @@ def resume_run(fn_name: str, checkpoint_file: Path, template: Run, metadata: dic
                 f"{name}={saved.get(name)!r}; this run has {name}={value!r}")
     history = {k: [np.asarray(v)] for k, v in saved.get("history", {}).items()}
     return run, history
+
+
+def _default_model_state(fn_name, loss_fn, params, model_state, train_data, batch_size):
+    """``model_state``, or for None the (array-free) state tree the loss returns."""
+    if model_state is not None or not isinstance(loss_fn, StatefulLoss):
+        return {} if model_state is None else model_state
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype),
+                         train_data)
+    _, state = jax.eval_shape(loss_fn.fn, params, {}, batch, jax.random.key(0), True)
+    if jax.tree.leaves(state):
+        raise ValueError(
+            f"{fn_name}: the loss returns a model state with arrays (batch norm?) but "
+            f"model_state is None; pass the state from model.init")
+    return state
 
 
 def fit(loss_fn: Callable | StatefulLoss, params: Any, optimizer: optax.GradientTransformation,
@@ -498,7 +519,8 @@ def fit(loss_fn: Callable | StatefulLoss, params: Any, optimizer: optax.Gradient
         check_mesh(fn_name, mesh, batch_size)
     cfg = Config(loss_fn, optimizer, int(batch_size), bool(drop_last), tuple(metrics.items()),
                  early_stopping, mesh, int(epochs_per_call))
-    model_state = {} if model_state is None else model_state
+    model_state = _default_model_state(fn_name, loss_fn, params, model_state, train_data,
+                                       batch_size)
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     run = initial_run(TrainState(params, opt_state, model_state, key, jnp.array(0, jnp.int32)),
                       early_stopping)

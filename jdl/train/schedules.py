@@ -219,20 +219,24 @@ def _numerical(fn: Callable, horizon: int, tol: float) -> Summability:
                         "inconclusive")
     diverges = True if p < 1 - tol else False if p > 1 + tol else None
     square_converges = True if p > 0.5 + tol else False if p < 0.5 - tol else None
-    return _verdict(diverges, square_converges, "numerical",
-                    f"tail lr ~ t^-{p:.3f} over the last two decades up to t = {t[-1]}")
+    reason = f"tail lr ~ t^-{p:.3f} over the last two decades up to t = {t[-1]}"
+    if diverges is None:
+        reason += ("; within tol of p = 1 a finite probe cannot tell 1/t (Σ lr = ∞) from "
+                   "1/t^(1+ε) or 1/(t log t): use jdl.train.robbins_monro for an analytic answer")
+    return _verdict(diverges, square_converges, "numerical", reason)
 
 
 def robbins_monro_conditions(schedule: Schedule | Callable, *, horizon: int = 10**7,
-                             tol: float = 0.05) -> Summability:
+                             tol: float = 0.1) -> Summability:
     """Does ``schedule`` meet ``Σ lr = ∞`` and ``Σ lr² < ∞``?
 
     A :class:`Schedule` from this module is decided analytically from its
     family. Any other callable is probed on a log grid of steps up to
     ``horizon``: when the local power-law exponent ``p`` of the tail is stable
     over the last two decades, ``Σ lr`` diverges iff ``p <= 1`` and ``Σ lr²``
-    converges iff ``p > 1/2``; within ``tol`` of a boundary, or for a tail that
-    is not a power law (cycles, plateaus), the answer is ``None``. A finite
+    converges iff ``p > 1/2``; within ``tol`` of a boundary (the harmonic
+    ``1/t`` itself sits on one), or for a tail that is not a power law
+    (cycles, plateaus), the answer is ``None``. A finite
     probe cannot prove a property of an infinite sum: numerical answers are
     evidence, and say so in ``method``.
 
