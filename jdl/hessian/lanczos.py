@@ -1,0 +1,289 @@
+"""The Lanczos iteration on a curvature operator, compiled as one loop.
+
+Lanczos (1950) builds an orthonormal basis ``V`` of the Krylov space
+``span(v, Cv, C^2 v, ...)`` in which the curvature matrix ``C`` is the
+tridiagonal ``T = V^T C V``; the eigenvalues of ``T`` (Ritz values) converge
+to the extreme eigenvalues of ``C`` first. In floating point the basis loses
+orthogonality and Ritz values repeat ("ghosts", Paige 1971); full
+reorthogonalisation against the stored basis (one block Gram-Schmidt pass,
+repeated when the norm drops by more than ``1/sqrt(2)``: Daniel, Gragg,
+Kaufman and Stewart 1976) prevents it. Without a stored basis (three vectors
+of memory, for models too large to keep ``num_steps`` of them) the plain
+three-term recurrence is used; its extreme Ritz values are still right, but
+interior ones may repeat.
+
+The whole iteration is a ``lax.while_loop`` inside one ``jit``: compile time
+does not grow with the number of steps, and a run can be continued.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jdl.hessian import operators
+from jdl.hessian.operators import Operator
+
+BLOCK_ROWS = 16  # basis rows per Gram-Schmidt block
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class LanczosState(NamedTuple):
+    """A Lanczos run in progress.
+
+    Attributes:
+      basis: the orthonormal Lanczos vectors as rows, shape
+        ``(rows, n)`` with ``rows >= num_steps`` (zero beyond the current
+        step), or None without reorthogonalisation.
+      v: the current Lanczos vector ``v_step``, shape ``(n,)``.
+      v_prev: the previous one (zeros at step 0), shape ``(n,)``.
+      alphas: diagonal of ``T``, shape ``(num_steps,)``.
+      betas: ``betas[j] = ||w_j||`` couples ``v_j`` and ``v_{j+1}``, shape ``(num_steps,)``.
+      step: the number of steps done (int32 scalar).
+      anorm: running estimate of ``||C||`` (for the breakdown test).
+      key: PRNG key for restart vectors after an exact breakdown.
+    """
+
+    basis: jax.Array | None
+    v: jax.Array
+    v_prev: jax.Array
+    alphas: jax.Array
+    betas: jax.Array
+    step: jax.Array
+    anorm: jax.Array
+    key: jax.Array
+
+
+class LanczosResult(NamedTuple):
+    """The outcome of :func:`lanczos`.
+
+    Attributes:
+      alphas: diagonal of the tridiagonal ``T``, shape ``(num_steps,)``.
+      betas: its off-diagonal, shape ``(num_steps - 1,)``.
+      ritz_values: eigenvalues of ``T``, ascending, shape ``(num_steps,)``.
+      ritz_weights: squared first components of ``T``'s eigenvectors (the
+        Gauss quadrature weights of SLQ), shape ``(num_steps,)``, summing to 1.
+      residual_estimates: ``|beta_m s_m|``, the norm of ``C y - theta y`` for
+        each Ritz pair (exact with full reorthogonalisation), shape ``(num_steps,)``.
+      eigenvectors_t: eigenvectors of ``T`` as columns, ``(num_steps, num_steps)``.
+      basis: the Lanczos vectors as rows ``(num_steps, n)``, or None without
+        reorthogonalisation. Ritz vector ``j`` is ``eigenvectors_t[:, j] @ basis``.
+    """
+
+    alphas: jax.Array
+    betas: jax.Array
+    ritz_values: jax.Array
+    ritz_weights: jax.Array
+    residual_estimates: jax.Array
+    eigenvectors_t: jax.Array
+    basis: jax.Array | None
+
+
+def inner(a, b):
+    """``a . b`` at full precision (no reduced-precision matmul on accelerators)."""
+    return jnp.dot(a, b, precision=_HIGHEST)
+
+
+def norm(w):
+    """The Euclidean norm of ``w`` at full precision."""
+    return jnp.sqrt(inner(w, w))
+
+
+def _project_out(w, basis, count, locked):
+    """One block Gram-Schmidt pass: ``w`` minus its parts along ``basis[:count]`` and ``locked``."""
+    if locked is not None:
+        w = w - inner(inner(locked, w), locked)
+    if basis is None:
+        return w
+
+    def body(j, w):
+        block = lax.dynamic_slice_in_dim(basis, j * BLOCK_ROWS, BLOCK_ROWS, axis=0)
+        return w - inner(inner(block, w), block)
+
+    return lax.fori_loop(0, (count + BLOCK_ROWS - 1) // BLOCK_ROWS, body, w)
+
+
+def _orthogonalize(w, basis, count, locked):
+    """Project ``w`` out of the basis, a second time if its norm dropped below ``1/sqrt(2)``."""
+    before = norm(w)
+    w = _project_out(w, basis, count, locked)
+    return lax.cond(norm(w) < 0.7 * before,
+                    lambda w: _project_out(w, basis, count, locked), lambda w: w, w)
+
+
+def _step(matvec: Callable, state: LanczosState, locked) -> LanczosState:
+    """One Lanczos step: ``w = C v - alpha v - beta v_prev``, reorthogonalised."""
+    i = state.step
+    v, v_prev = state.v, state.v_prev
+    dtype = v.dtype
+    beta_prev = jnp.where(i > 0, state.betas[jnp.maximum(i - 1, 0)], 0).astype(dtype)
+    w = matvec(v)
+    alpha = inner(v, w)
+    w = w - alpha * v - beta_prev * v_prev
+    if state.basis is not None or locked is not None:
+        w = _orthogonalize(w, state.basis, i + 1, locked)
+    beta = norm(w)
+    anorm = jnp.maximum(state.anorm, jnp.abs(alpha) + beta + beta_prev)
+    breakdown = beta <= 10 * jnp.finfo(dtype).eps * anorm
+
+    def restart(_):
+        # The Krylov space is invariant: continue from a random vector orthogonal to it.
+        r = jax.random.normal(jax.random.fold_in(state.key, i), v.shape, dtype)
+        if state.basis is None:
+            r = r - inner(r, v) * v - inner(r, v_prev) * v_prev
+            r = _project_out(r, None, 0, locked)
+        else:
+            r = _orthogonalize(_orthogonalize(r, state.basis, i + 1, locked),
+                               state.basis, i + 1, locked)
+        return r / norm(r)
+
+    v_next = lax.cond(breakdown, restart, lambda _: w / beta, None)
+    basis = state.basis
+    if basis is not None:
+        basis = basis.at[i + 1].set(v_next, mode="drop")
+    return LanczosState(basis, v_next, v, state.alphas.at[i].set(alpha),
+                        state.betas.at[i].set(beta), i + 1, anorm, state.key)
+
+
+def basis_rows(num_steps: int) -> int:
+    """Rows of the stored basis for ``num_steps`` steps (a multiple of the Gram-Schmidt block)."""
+    return -(-num_steps // BLOCK_ROWS) * BLOCK_ROWS
+
+
+def init_state(v0: jax.Array, num_steps: int, key: jax.Array, reorthogonalize: bool = True
+               ) -> LanczosState:
+    """A run starting from the unit vector ``v0`` of shape ``(n,)``, room for ``num_steps`` steps."""
+    dtype = v0.dtype
+    basis = None
+    if reorthogonalize:
+        rows = basis_rows(num_steps)
+        basis = jnp.zeros((rows, v0.shape[0]), dtype).at[0].set(v0)
+    return LanczosState(basis, v0, jnp.zeros_like(v0), jnp.zeros(num_steps, dtype),
+                        jnp.zeros(num_steps, dtype), jnp.zeros((), jnp.int32),
+                        jnp.zeros((), dtype), key)
+
+
+def run_steps(matvec: Callable, state: LanczosState, stop, locked=None) -> LanczosState:
+    """Continue ``state`` to ``stop`` steps (traced or static), for use inside ``jit``."""
+    return lax.while_loop(lambda s: s.step < stop,
+                          lambda s: _step(matvec, s, locked), state)
+
+
+@functools.partial(jax.jit, static_argnames=("operator",))
+def extend(operator: Operator, params, data, state: LanczosState, locked, stop) -> LanczosState:
+    """Jitted :func:`run_steps` of the curvature operator of ``(params, data)``.
+
+    ``locked`` (rows ``(L, n)`` orthonormal, or None) are vectors that every
+    new Lanczos vector is kept orthogonal to (deflation).
+    """
+    matvec, _, _ = operators.matvec_fn(operator, params, data)
+    return run_steps(matvec, state, stop, locked)
+
+
+def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
+    """The symmetric tridiagonal ``(m, m)`` matrix with diagonal ``alphas`` and off-diagonal ``betas``."""
+    return jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+
+
+def ritz(alphas: jax.Array, betas: jax.Array):
+    """Ritz values, eigenvectors of ``T`` and residual estimates from ``m`` steps (jnp).
+
+    Args:
+      alphas: shape ``(m,)``.
+      betas: shape ``(m,)``; ``betas[:-1]`` is the off-diagonal and
+        ``betas[-1]`` the norm of the final residual.
+
+    Returns:
+      ``(values (m,), vectors (m, m), residual_estimates (m,))``, values ascending.
+    """
+    values, vectors = jnp.linalg.eigh(tridiagonal(alphas, betas[:-1]))
+    return values, vectors, jnp.abs(betas[-1] * vectors[-1, :])
+
+
+def random_unit(key: jax.Array, n: int, dtype, kind: str = "normal") -> jax.Array:
+    """A random unit vector of shape ``(n,)``: Gaussian or Rademacher direction."""
+    if kind == "rademacher":
+        r = jax.random.rademacher(key, (n,), dtype)
+    else:
+        r = jax.random.normal(key, (n,), dtype)
+    return r / norm(r)
+
+
+def check_steps(fn_name: str, name: str, num_steps: Any, n: int) -> int:
+    """Raise ``ValueError`` unless ``1 <= num_steps <= n``."""
+    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= n:
+        raise ValueError(
+            f"{fn_name}: expected {name} to be an int in [1, {n}] (the parameter count), "
+            f"got {num_steps!r}")
+    return int(num_steps)
+
+
+def check_key(fn_name: str, key: Any) -> jax.Array:
+    """Raise ``ValueError`` unless ``key`` is a PRNG key."""
+    if key is None or not isinstance(key, jax.Array) or not (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
+        raise ValueError(
+            f"{fn_name}: expected a PRNG key (jax.random.key(seed)), got {key!r}")
+    return key
+
+
+@functools.partial(jax.jit, static_argnames=("operator", "num_steps", "reorthogonalize"))
+def _lanczos(operator: Operator, params, data, key, num_steps: int, reorthogonalize: bool):
+    matvec, x0, _ = operators.matvec_fn(operator, params, data)
+    k_start, k_restart = jax.random.split(key)
+    v0 = random_unit(k_start, x0.shape[0], x0.dtype)
+    state = run_steps(matvec, init_state(v0, num_steps, k_restart, reorthogonalize), num_steps)
+    values, vectors, residuals = ritz(state.alphas, state.betas)
+    basis = None if state.basis is None else state.basis[:num_steps]
+    return LanczosResult(state.alphas, state.betas[:-1], values, vectors[0, :] ** 2, residuals,
+                         vectors, basis)
+
+
+def lanczos(loss_fn: Callable, params: Any, data: Any, *, num_steps: int, key: jax.Array,
+            reorthogonalize: bool = True, curvature: str = "hessian", block: Any = None,
+            check_determinism: bool = False) -> LanczosResult:
+    """Run ``num_steps`` Lanczos steps on the Hessian (or GGN) of the mean loss over ``data``.
+
+    Starts from a Gaussian random unit vector drawn from ``key``; the same key
+    gives the same result. The loop is one ``lax.while_loop`` under ``jit``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (a :class:`SplitLoss` for the GGN).
+      params: any pytree of float arrays; the vectors have their common dtype.
+      data: one batch or a list of batches (exact example-weighted mean).
+      num_steps: number of steps ``m``, ``1 <= m <= n`` (``n`` parameters).
+      key: PRNG key for the start vector.
+      reorthogonalize: keep the ``(m, n)`` basis and reorthogonalise fully;
+        False runs the three-term recurrence with O(n) memory (no basis, and
+        interior Ritz values may repeat).
+      curvature: ``"hessian"`` or ``"ggn"``.
+      block: optional key path of the sub-tree to restrict the operator to.
+      check_determinism: first apply the operator twice to one vector and
+        raise if the results differ (see :func:`check_deterministic`).
+
+    Returns:
+      A :class:`LanczosResult`.
+
+    Raises:
+      ValueError: for bad input, or a non-finite Hessian-vector product.
+
+    Reference: C. Lanczos, "An iteration method for the solution of the
+    eigenvalue problem of linear differential and integral operators", 1950;
+    B. Parlett, "The Symmetric Eigenvalue Problem", 1998, ch. 13.
+    """
+    operator = Operator(loss_fn, curvature, operators.as_block("lanczos", block))
+    prepared = operators.check_problem("lanczos", operator, params, data)
+    key = check_key("lanczos", key)
+    n = operators.param_count(params, operator.block)
+    num_steps = check_steps("lanczos", "num_steps", num_steps, n)
+    if check_determinism:
+        operators.check_deterministic("lanczos", operator, params, prepared, key)
+    result = _lanczos(operator, params, prepared, key, num_steps, bool(reorthogonalize))
+    operators.check_finite("lanczos", "Hessian-vector product (Lanczos coefficient)",
+                           (result.alphas, result.betas))
+    return result
