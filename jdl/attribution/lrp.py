@@ -175,7 +175,7 @@ class LRPResult(NamedTuple):
 
 
 def lrp(model: Layer, params, x, *, composite: Composite | Rule | None = None, state=None,
-        target=None) -> LRPResult:
+        target=None, stabilizer: float = 1e-6) -> LRPResult:
     """LRP relevances of ``model`` at ``x`` for the output ``target``.
 
     Works on models built from ``serial``, ``residual``, ``dense``,
@@ -194,6 +194,9 @@ def lrp(model: Layer, params, x, *, composite: Composite | Rule | None = None, s
       state: the model state (batch-norm running statistics), if any.
       target: the explained output: ``None`` for each row's largest output,
         an int, or ints ``(batch,)``. Ignored for a model with output ``(batch,)``.
+      stabilizer: the eps of the LRP-eps rule used for average pooling,
+        unmerged batch norm and residual sums (zennit's ``Norm``); ``0`` gives
+        LRP-0 there (a zero denominator passes no relevance).
 
     Returns:
       An :class:`LRPResult`.
@@ -211,7 +214,7 @@ def lrp(model: Layer, params, x, *, composite: Composite | Rule | None = None, s
     out, tape = _forward(model, params, {} if state is None else state, x, "", rules)
     score, r_top = _top_relevance("lrp", out, target)
     gaps: dict[str, jax.Array] = {}
-    relevance = _backward(tape, r_top, gaps)
+    relevance = _backward(tape, r_top, gaps, stabilizer)
     gap = jnp.stack([gaps[name] for name in layer_names(model)], axis=1)
     return LRPResult(relevance, score, gap)
 
@@ -408,26 +411,26 @@ def _sum_all(r):
     return r.reshape(r.shape[0], -1).sum(1)
 
 
-def _backward(node: _Node, r, gaps: dict):
+def _backward(node: _Node, r, gaps: dict, stabilizer: float):
     if node.kind == "serial":
         for child in reversed(node.children):
-            r = _backward(child, r, gaps)
+            r = _backward(child, r, gaps, stabilizer)
         return r
     if node.kind == "residual":
         y_block, y_short = node.outputs
-        total = _stabilize(y_block + y_short, 1e-6)
-        r_block, r_short = r * y_block / total, r * y_short / total
+        share = _divide(r, y_block + y_short, stabilizer)
+        r_block, r_short = y_block * share, y_short * share
         gaps[f"{node.path}/sum"] = _sum_all(r_block) + _sum_all(r_short) - _sum_all(r)
-        r_in = _backward(node.children[0], r_block, gaps)
+        r_in = _backward(node.children[0], r_block, gaps, stabilizer)
         if len(node.children) == 2:
-            r_short = _backward(node.children[1], r_short, gaps)
+            r_short = _backward(node.children[1], r_short, gaps, stabilizer)
         return r_in + r_short
-    r_in = _leaf_relevance(node, r)
+    r_in = _leaf_relevance(node, r, stabilizer)
     gaps[node.path] = _sum_all(r_in) - _sum_all(r)
     return r_in
 
 
-def _leaf_relevance(node: _Node, r):
+def _leaf_relevance(node: _Node, r, stabilizer: float):
     layer, x = node.layer, node.x
     if layer.kind in ("activation", "dropout"):
         return r
@@ -435,12 +438,12 @@ def _leaf_relevance(node: _Node, r):
         _, vjp = jax.vjp(lambda a: layer.apply({}, a)[0], x)
         return vjp(r)[0]
     if layer.kind == "avg_pool":
-        return _affine_relevance(epsilon(), lambda p, a: layer.apply(p, a)[0], {}, x, r)
+        return _affine_relevance(epsilon(stabilizer), lambda p, a: layer.apply(p, a)[0], {}, x, r)
     if layer.kind == "batch_norm":
         s = node.params["scale"] / jnp.sqrt(node.state["var"] + layer.config["eps"])
         p = {"w": s, "b": node.params["bias"] - node.state["mean"] * s}
         return _affine_relevance(
-            epsilon(), lambda q, a: a * jnp.broadcast_to(q["w"], a.shape)
+            epsilon(stabilizer), lambda q, a: a * jnp.broadcast_to(q["w"], a.shape)
             + jnp.broadcast_to(q["b"], a.shape), p, x, r)
     return _affine_relevance(node.rule, lambda p, a: layer.apply(p, a)[0], node.params, x, r)
 
@@ -484,8 +487,8 @@ def _affine_relevance(rule: Rule, apply: Callable, params, a, r):
         z = apply(params, a)
         z_pos = apply(up, a_pos) + apply(dn_nb, a_neg)     # explains outputs z > 0
         z_neg = apply(dn, a_pos) + apply(up_nb, a_neg)     # explains outputs z < 0
-        s_pos = jnp.where(z > 0, r, 0) / _stabilize(z_pos, rule.epsilon)
-        s_neg = jnp.where(z < 0, r, 0) / _stabilize(z_neg, rule.epsilon)
+        s_pos = _divide(jnp.where(z > 0, r, 0), z_pos, rule.epsilon)
+        s_neg = _divide(jnp.where(z < 0, r, 0), z_neg, rule.epsilon)
         return (a_pos * (transpose(up, a, s_pos) + transpose(dn, a, s_neg))
                 + a_neg * (transpose(dn, a, s_pos) + transpose(up, a, s_neg)))
     if rule.name == "zbox":

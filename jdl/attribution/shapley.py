@@ -310,11 +310,8 @@ def _permutation(x, background, f, groups, key, prediction, base, *, num_groups,
     n, g, p = x.shape[0], num_groups, num_permutations
     draws = p // 2 if antithetic else p
 
-    def draw(k):
-        return jax.vmap(lambda j: jax.random.permutation(jax.random.fold_in(k, j), g))(
-            jnp.arange(draws))
-
-    perms = jax.vmap(draw)(_instance_keys(key, n))                      # (n, draws, g)
+    noise = jax.vmap(lambda k: jax.random.uniform(k, (draws, g)))(_instance_keys(key, n))
+    perms = jnp.argsort(noise, axis=-1)                                  # (n, draws, g)
     if antithetic:
         perms = jnp.stack([perms, perms[..., ::-1]], axis=2).reshape(n, p, g)
     ranks = jnp.argsort(perms, axis=-1)                                  # position of each group
@@ -379,14 +376,13 @@ def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_
             antithetic, max_rows):
     n, g = x.shape[0], num_groups
     draws = num_samples // 2 if antithetic else num_samples
-    log_p = jnp.log(jnp.asarray(_kernel_weights(g)))
+    cdf = jnp.asarray(np.cumsum(_kernel_weights(g))[:-1])
 
     def draw(k):
-        def one(j):
-            k_size, k_perm = jax.random.split(jax.random.fold_in(k, j))
-            size = jax.random.categorical(k_size, log_p) + 1
-            return jnp.argsort(jax.random.permutation(k_perm, g)) < size
-        return jax.vmap(one)(jnp.arange(draws))
+        u = jax.random.uniform(k, (draws, g + 1))
+        size = jnp.searchsorted(cdf, u[:, 0], side="right") + 1        # kernel-weighted size
+        ranks = jnp.argsort(jnp.argsort(u[:, 1:], axis=-1), axis=-1)
+        return ranks < size[:, None]                                     # a uniform subset of that size
 
     sets = jax.vmap(draw)(_instance_keys(key, n))                        # (n, draws, g)
     if antithetic:
@@ -402,22 +398,23 @@ def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_
     a = jnp.einsum("nsg,nsh->ngh", z, z) / num_samples
     b = jnp.einsum("nsg,nsk->ngk", z, y) / num_samples
     gap = prediction - base[None, :]                                     # (n, k)
-    ones = jnp.ones((n, g, 1), v.dtype)
-    a_inv_b, a_inv_1 = jnp.split(jnp.linalg.solve(a, jnp.concatenate([b, ones], -1)), [k], -1)
-    denom = a_inv_1.sum(1)                                               # (n, 1)
-    nu = (a_inv_b.sum(1) - gap) / denom                                  # (n, k)
-    values = a_inv_b - a_inv_1 * nu[:, None, :]
-    # Sandwich (delta-method) standard error of the constrained least-squares
-    # solution: each sample's influence is z (y - z . phi) projected by
-    # M = A^-1 - A^-1 1 1^T A^-1 / (1^T A^-1 1); pairs are the independent units.
+    # Minimise sum_s (y_s - z_s . phi)^2 subject to sum(phi) = gap: with A and b
+    # above, phi = M b + A^-1 1 gap / (1^T A^-1 1), M = A^-1 - A^-1 1 1^T A^-1 / (1^T A^-1 1).
+    a_inv = jnp.linalg.inv(a)                                            # (n, g, g)
+    a_inv_1 = a_inv.sum(2)                                               # (n, g)
+    denom = a_inv_1.sum(1)                                               # (n,)
+    proj = a_inv - a_inv_1[:, :, None] * a_inv_1[:, None, :] / denom[:, None, None]
+    values = (jnp.einsum("ngh,nhk->ngk", proj, b)
+              + a_inv_1[:, :, None] * gap[:, None, :] / denom[:, None, None])
+    # Sandwich (delta-method) standard error: values - truth ~ M (b - A phi), a
+    # mean of the independent influences z (y - z . phi) (pairs when antithetic).
     residual = y - jnp.einsum("nsg,ngk->nsk", z, values)
     influence = jnp.einsum("nsg,nsk->nsgk", z, residual)
     if antithetic:
         influence = influence.reshape(n, draws, 2, g, k).mean(2)
-    proj = jnp.linalg.solve(a[:, None], influence)                       # A^-1 t, (n, q, g, k)
-    proj = proj - a_inv_1[:, None] * (proj.sum(2, keepdims=True) / denom[:, None, None])
+    spread = jnp.einsum("ngh,nqhk->nqgk", proj, influence)
     count = influence.shape[1]
-    std_error = proj.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
+    std_error = spread.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
     return values, std_error
 
 
