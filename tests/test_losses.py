@@ -334,7 +334,8 @@ def test_bayes_decision_minimises_expected_cost_of_each_decision():
     decisions = losses.bayes_decision(probs, cost)
     # the expected cost of deciding j is the expected cost of the one-hot prediction j,
     # averaged over the truth drawn from probs
-    per_decision = np.array([[float(np.sum(probs[n] * cost[:, j])) for j in range(5)]
+    probs, cost = np.asarray(probs), np.asarray(cost)
+    per_decision = np.array([[np.sum(probs[n] * cost[:, j]) for j in range(5)]
                              for n in range(30)])
     np.testing.assert_array_equal(decisions, per_decision.argmin(axis=1))
 
@@ -447,4 +448,4 @@ def _gradient_cases():
 def test_finite_difference_gradients(name):
     fn, args = _gradient_cases()[name]
     order = 1 if name in ("sparse_reconstruction", "denoising") else 2  # relu kinks
-    check_grads(fn, args, order=order, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(jax.jit(fn), args, order=order, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
