@@ -8,10 +8,12 @@ value is the mean over the remaining axes (so ``mse(..., reduction="mean")``
 is the mean over all elements, like ``torch.nn.MSELoss``); the autoencoder
 losses sum over them instead, as the notes' code does.
 
-Labels are checked when they are concrete arrays (values of ``±1``, ``{0,1}``,
-class indices in range). Under ``jax.jit`` the values are tracers and cannot be
-checked; there an out-of-range class index gives a NaN loss for that example
-(never a silent wrong number), and other label checks are skipped.
+Labels and hyperparameters (``beta``, ``lam``, ``noise``) are checked when they
+are concrete (labels ``±1`` or in ``[0, 1]``, class indices in range,
+``beta > 0``, ``lam >= 0``). Under ``jax.jit`` / ``vmap`` their values are
+tracers and cannot be checked; there an out-of-range class index gives a NaN
+loss for that example (never a silent wrong number), and the other value checks
+are skipped. Shapes are always checked.
 
 Example:
     >>> import jax.numpy as jnp
@@ -38,6 +40,13 @@ def _concrete(x):
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def _check_hyperparameter(fn_name: str, name: str, value, positive: bool = False) -> None:
+    """Raise unless a concrete ``value`` is ``>= 0`` (``> 0`` if ``positive``); tracers pass."""
+    concrete = _concrete(value)
+    if concrete is not None and not np.all(concrete > 0 if positive else concrete >= 0):
+        raise ValueError(f"{fn_name}: expected {name} {'>' if positive else '>='} 0, got {value}")
 
 
 def _check_reduction(fn_name: str, reduction: str) -> None:
@@ -184,8 +193,7 @@ def log_cosh(y: ArrayLike, t: ArrayLike, beta: float = 1.0, *,
       ValueError: if the shapes differ or ``beta`` is not positive.
     """
     y, t = _pair("log_cosh", y, t)
-    if not beta > 0:
-        raise ValueError(f"log_cosh: expected beta > 0, got {beta}")
+    _check_hyperparameter("log_cosh", "beta", beta, positive=True)
     values = _log_cosh(beta * (y - t)) / beta
     return _reduce("log_cosh", _per_example_mean(values), reduction)
 
@@ -500,8 +508,7 @@ def sparse_reconstruction(x: ArrayLike, x_rec: ArrayLike, code: ArrayLike, lam: 
         raise ValueError(
             f"sparse_reconstruction: expected code with batch axis {x.shape[0]}, "
             f"got shape {code.shape}")
-    if lam < 0:
-        raise ValueError(f"sparse_reconstruction: expected lam >= 0, got {lam}")
+    _check_hyperparameter("sparse_reconstruction", "lam", lam)
     values = _per_example_sum(jnp.square(x - x_rec)) + lam * _per_example_sum(jnp.abs(code))
     return _reduce("sparse_reconstruction", values, reduction)
 
@@ -521,10 +528,9 @@ def weight_restriction(weights, lam_w: float) -> jax.Array:
       ValueError: for a negative ``lam_w`` or a tree with no arrays.
     """
     leaves = jax.tree_util.tree_leaves(weights)
-    if lam_w < 0 or not leaves:
-        raise ValueError(
-            f"weight_restriction: expected lam_w >= 0 and at least one weight array, "
-            f"got lam_w={lam_w} and {len(leaves)} arrays")
+    _check_hyperparameter("weight_restriction", "lam_w", lam_w)
+    if not leaves:
+        raise ValueError("weight_restriction: expected at least one weight array, got none")
     return lam_w * sum(jnp.sum(jnp.square(w)) for w in leaves)
 
 
@@ -551,8 +557,7 @@ def denoising_loss(apply_fn: Callable, params, x: ArrayLike, key: jax.Array,
       ValueError: for a negative ``noise`` or a reconstruction whose shape
         differs from ``x``.
     """
-    if noise < 0:
-        raise ValueError(f"denoising_loss: expected noise >= 0, got {noise}")
+    _check_hyperparameter("denoising_loss", "noise", noise)
     x = jnp.asarray(x)
     x_noisy = x + noise * jax.random.normal(key, x.shape, x.dtype)
     x_rec = apply_fn(params, x_noisy)

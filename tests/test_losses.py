@@ -135,9 +135,27 @@ def test_log_cosh_gradient_is_tanh(beta, dtype):
     np.testing.assert_allclose(grad, jnp.tanh(beta * (y - t)), rtol=1e-6, atol=1e-7)
 
 
-def test_log_cosh_bad_beta():
-    with pytest.raises(ValueError, match="log_cosh: expected beta > 0"):
-        losses.log_cosh(jnp.ones(2), jnp.ones(2), beta=0.0)
+def test_log_cosh_vmapped_over_beta():
+    y, t = _normal(40, (4, 2)), _normal(41, (4, 2))
+    betas = jnp.array([0.3, 1.0, 4.0])
+    swept = jax.vmap(lambda b: losses.log_cosh(y, t, b))(betas)
+    np.testing.assert_allclose(swept, [losses.log_cosh(y, t, float(b)) for b in betas],
+                               rtol=1e-13)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: losses.log_cosh(jnp.ones(2), jnp.ones(2), beta=0.0), "log_cosh: expected beta > 0"),
+    (lambda: losses.sparse_reconstruction(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones((2, 1)),
+                                          lam=-0.1), "sparse_reconstruction: expected lam >= 0"),
+    (lambda: losses.denoising_loss(lambda p, x: x, None, jnp.ones((2, 3)), KEY, noise=-1.0),
+     "denoising_loss: expected noise >= 0"),
+    (lambda: losses.weight_restriction({}, 0.1), "weight_restriction: expected at least one"),
+    (lambda: losses.sparse_reconstruction(jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.ones((3, 1))),
+     r"sparse_reconstruction: expected code with batch axis 2, got shape \(3, 1\)"),
+])
+def test_bad_hyperparameters(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
 
 
 # --- logloss and binary cross-entropy -----------------------------------------
@@ -377,7 +395,7 @@ def test_reconstruction_is_notes_anomaly_score_per_example():
 def test_weight_restriction_known_value():
     weights = {"V": jnp.array([[1.0, 2.0]]), "W": jnp.array([[3.0], [0.0]])}
     np.testing.assert_allclose(losses.weight_restriction(weights, 0.1), 0.1 * (1 + 4 + 9))
-    with pytest.raises(ValueError, match="weight_restriction: expected lam_w >= 0"):
+    with pytest.raises(ValueError, match="weight_restriction: expected lam_w >= 0, got -1.0"):
         losses.weight_restriction(weights, -1.0)
 
 
@@ -448,4 +466,5 @@ def _gradient_cases():
 def test_finite_difference_gradients(name):
     fn, args = _gradient_cases()[name]
     order = 1 if name in ("sparse_reconstruction", "denoising") else 2  # relu kinks
-    check_grads(jax.jit(fn), args, order=order, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(jax.jit(fn), args, order=order, modes=("fwd", "rev"), eps=1e-6, atol=1e-6,
+                rtol=1e-6)
