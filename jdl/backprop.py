@@ -37,6 +37,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+__all__ = [
+    "Tie", "activation_derivative", "backward", "cosh_derivative", "effective_weights", "forward",
+    "mlp_gradients", "mse_loss", "sigmoid_derivative", "softmax_jacobian", "tanh_derivative",
+]
+
 _HIDDEN = ("relu", "tanh", "sigmoid")
 
 

@@ -31,6 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+__all__ = [
+    "bayes_decision", "binary_cross_entropy", "denoising_loss", "expected_cost", "log_cosh",
+    "logloss", "mse", "reconstruction", "softmax_cross_entropy", "sparse_reconstruction",
+    "weight_restriction", "weighted",
+]
+
 _REDUCTIONS = ("mean", "sum", "none")
 
 
