@@ -4,8 +4,12 @@ Pure-function layers and losses, Hessian-spectrum tools, optax training and
 jit/vmap-batched attribution, built from the course notes in ``NOTES.md``.
 """
 
-from jdl import nn
+from jdl import (
+    attribution, backprop, data, hessian, losses, nn, parallel, shapes, train)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "nn"]
+__all__ = [
+    "__version__", "attribution", "backprop", "data", "hessian", "losses", "nn", "parallel",
+    "shapes", "train",
+]
