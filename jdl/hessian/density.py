@@ -26,7 +26,7 @@ from jax import lax
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    check_key, check_steps, init_state, random_unit, ritz, run_steps)
+    check_key, check_steps, init_state, ritz, run_steps, start_vectors)
 from jdl.hessian.operators import Operator
 
 
@@ -57,9 +57,8 @@ def _slq(operator: Operator, params, data, keys, num_steps: int, reorthogonalize
     matvec, x0, _ = operators.matvec_fn(operator, params, data)
 
     def one_run(key):
-        k_start, k_restart = jax.random.split(key)
-        v0 = random_unit(k_start, x0.shape[0], x0.dtype, "rademacher")
-        state = init_state(v0, num_steps, k_restart, reorthogonalize)
+        v0, restart = start_vectors(key, x0.shape[0], x0.dtype, "rademacher")
+        state = init_state(v0, num_steps, restart, reorthogonalize)
         state = run_steps(matvec, state, num_steps)
         values, vectors, _ = ritz(state.alphas, state.betas)
         return values, vectors[0, :] ** 2

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    LanczosState, basis_rows, check_key, check_steps, extend, init_state, inner, norm)
+    LanczosState, basis_rows, check_key, check_steps, extend, init_state, inner, norm,
+    start_vectors)
 from jdl.hessian.operators import Operator
 
 WHICH = ("largest", "smallest", "both")
@@ -60,13 +60,13 @@ class Eigen(NamedTuple):
     which: str
 
 
-@functools.partial(jax.jit, static_argnames=("operator",))
-def _start_vector(operator: Operator, params, key, locked):
-    x0, _ = ravel_pytree(operators.select(params, operator.block))
-    v = jax.random.normal(key, x0.shape, x0.dtype)
+@jax.jit
+def _start(key, locked):
+    """A random unit start vector orthogonal to the rows of ``locked`` ``(L, n)``, and a restart vector."""
+    v, restart = start_vectors(key, locked.shape[1], locked.dtype)
     for _ in range(2):
         v = v - inner(inner(locked, v), locked)
-    return v / norm(v)
+    return v / norm(v), restart
 
 
 @jax.jit
@@ -116,9 +116,8 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, wan
       ``(pairs, converged, steps, scale)`` where ``pairs[side]`` is a list of
       ``(value, vector (n,))`` and ``scale`` the updated ``||C||`` estimate.
     """
-    k_start, k_restart = jax.random.split(key)
-    v0 = _start_vector(operator, params, k_start, locked)
-    state = init_state(v0, rows, k_restart)
+    v0, restart = _start(key, locked)
+    state = init_state(v0, rows, restart)
     need = sum(want.values())
     stop = min(limit, max(20, 3 * need))
     while True:

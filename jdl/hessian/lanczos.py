@@ -46,7 +46,9 @@ class LanczosState(NamedTuple):
       betas: ``betas[j] = ||w_j||`` couples ``v_j`` and ``v_{j+1}``, shape ``(num_steps,)``.
       step: the number of steps done (int32 scalar).
       anorm: running estimate of ``||C||`` (for the breakdown test).
-      key: PRNG key for restart vectors after an exact breakdown.
+      restart: a random vector of shape ``(n,)``; after an exact breakdown at
+        step ``i`` the run continues from ``roll(restart, i)`` made orthogonal
+        to the basis (a fresh direction each time, no random numbers in the loop).
     """
 
     basis: jax.Array | None
@@ -56,7 +58,7 @@ class LanczosState(NamedTuple):
     betas: jax.Array
     step: jax.Array
     anorm: jax.Array
-    key: jax.Array
+    restart: jax.Array
 
 
 class LanczosResult(NamedTuple):
@@ -133,21 +135,19 @@ def _step(matvec: Callable, state: LanczosState, locked) -> LanczosState:
 
     def restart(_):
         # The Krylov space is invariant: continue from a random vector orthogonal to it.
-        r = jax.random.normal(jax.random.fold_in(state.key, i), v.shape, dtype)
+        r = jnp.roll(state.restart, i)
         if state.basis is None:
-            r = r - inner(r, v) * v - inner(r, v_prev) * v_prev
-            r = _project_out(r, None, 0, locked)
+            r = _project_out(r - inner(r, v) * v - inner(r, v_prev) * v_prev, None, 0, locked)
         else:
-            r = _orthogonalize(_orthogonalize(r, state.basis, i + 1, locked),
-                               state.basis, i + 1, locked)
-        return r / norm(r)
+            r = _orthogonalize(r, state.basis, i + 1, locked)
+        return r / jnp.maximum(norm(r), jnp.finfo(dtype).tiny)
 
     v_next = lax.cond(breakdown, restart, lambda _: w / beta, None)
     basis = state.basis
     if basis is not None:
         basis = basis.at[i + 1].set(v_next, mode="drop")
     return LanczosState(basis, v_next, v, state.alphas.at[i].set(alpha),
-                        state.betas.at[i].set(beta), i + 1, anorm, state.key)
+                        state.betas.at[i].set(beta), i + 1, anorm, state.restart)
 
 
 def basis_rows(num_steps: int) -> int:
@@ -155,9 +155,12 @@ def basis_rows(num_steps: int) -> int:
     return -(-num_steps // BLOCK_ROWS) * BLOCK_ROWS
 
 
-def init_state(v0: jax.Array, num_steps: int, key: jax.Array, reorthogonalize: bool = True
+def init_state(v0: jax.Array, num_steps: int, restart: jax.Array, reorthogonalize: bool = True
                ) -> LanczosState:
-    """A run starting from the unit vector ``v0`` of shape ``(n,)``, room for ``num_steps`` steps."""
+    """A run from the unit vector ``v0`` of shape ``(n,)`` with room for ``num_steps`` steps.
+
+    ``restart`` is a random vector of shape ``(n,)`` for breakdowns (see :class:`LanczosState`).
+    """
     dtype = v0.dtype
     basis = None
     if reorthogonalize:
@@ -165,7 +168,7 @@ def init_state(v0: jax.Array, num_steps: int, key: jax.Array, reorthogonalize: b
         basis = jnp.zeros((rows, v0.shape[0]), dtype).at[0].set(v0)
     return LanczosState(basis, v0, jnp.zeros_like(v0), jnp.zeros(num_steps, dtype),
                         jnp.zeros(num_steps, dtype), jnp.zeros((), jnp.int32),
-                        jnp.zeros((), dtype), key)
+                        jnp.zeros((), dtype), restart)
 
 
 def run_steps(matvec: Callable, state: LanczosState, stop, locked=None) -> LanczosState:
@@ -205,13 +208,18 @@ def ritz(alphas: jax.Array, betas: jax.Array):
     return values, vectors, jnp.abs(betas[-1] * vectors[-1, :])
 
 
-def random_unit(key: jax.Array, n: int, dtype, kind: str = "normal") -> jax.Array:
-    """A random unit vector of shape ``(n,)``: Gaussian or Rademacher direction."""
+def start_vectors(key: jax.Array, n: int, dtype, kind: str = "normal"):
+    """A random unit start vector (Gaussian or Rademacher direction) and a Gaussian restart vector.
+
+    Returns:
+      ``(v0, restart)``, both of shape ``(n,)``.
+    """
+    k_start, k_restart = jax.random.split(key)
     if kind == "rademacher":
-        r = jax.random.rademacher(key, (n,), dtype)
+        v0 = jax.random.rademacher(k_start, (n,), dtype)
     else:
-        r = jax.random.normal(key, (n,), dtype)
-    return r / norm(r)
+        v0 = jax.random.normal(k_start, (n,), dtype)
+    return v0 / norm(v0), jax.random.normal(k_restart, (n,), dtype)
 
 
 def check_steps(fn_name: str, name: str, num_steps: Any, n: int) -> int:
@@ -235,9 +243,8 @@ def check_key(fn_name: str, key: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("operator", "num_steps", "reorthogonalize"))
 def _lanczos(operator: Operator, params, data, key, num_steps: int, reorthogonalize: bool):
     matvec, x0, _ = operators.matvec_fn(operator, params, data)
-    k_start, k_restart = jax.random.split(key)
-    v0 = random_unit(k_start, x0.shape[0], x0.dtype)
-    state = run_steps(matvec, init_state(v0, num_steps, k_restart, reorthogonalize), num_steps)
+    v0, restart = start_vectors(key, x0.shape[0], x0.dtype)
+    state = run_steps(matvec, init_state(v0, num_steps, restart, reorthogonalize), num_steps)
     values, vectors, residuals = ritz(state.alphas, state.betas)
     basis = None if state.basis is None else state.basis[:num_steps]
     return LanczosResult(state.alphas, state.betas[:-1], values, vectors[0, :] ** 2, residuals,

@@ -23,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    check_key, check_steps, init_state, random_unit, ritz, run_steps)
+    check_key, check_steps, init_state, ritz, run_steps, start_vectors)
 from jdl.hessian.operators import Operator
 
 
@@ -52,9 +52,8 @@ def sharpness(loss_fn: Callable, params: Any, data: Any, *, key: jax.Array,
     num_steps = check_steps("sharpness", "num_steps", num_steps,
                                operators.param_count(params))
     matvec, x0, _ = operators.matvec_fn(operator, params, prepared)
-    k_start, k_restart = jax.random.split(key)
-    v0 = random_unit(k_start, x0.shape[0], x0.dtype)
-    state = run_steps(matvec, init_state(v0, num_steps, k_restart), num_steps)
+    v0, restart = start_vectors(key, x0.shape[0], x0.dtype)
+    state = run_steps(matvec, init_state(v0, num_steps, restart), num_steps)
     return ritz(state.alphas, state.betas)[0][-1]
 
 
