@@ -42,7 +42,8 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
         ``k`` and ``v`` differ.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-    if q.ndim < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+    if (min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[-1] != k.shape[-1]
+            or k.shape[-2] != v.shape[-2]):
         raise ValueError(
             f"attention: expected q (..., tq, d), k (..., tk, d), v (..., tk, dv), "
             f"got shapes {q.shape}, {k.shape}, {v.shape}")

@@ -42,8 +42,9 @@ def dropout(rate: float) -> Layer:
             return x, state
         if key is None:
             raise ValueError(
-                "dropout: train=True needs a PRNG key; call apply(params, x, key=jax.random.key(...), "
-                "train=True), or train=False for evaluation; got key=None")
+                "dropout: train=True needs a PRNG key; call "
+                "apply(params, x, key=jax.random.key(...), train=True), or train=False for "
+                "evaluation; got key=None")
         keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), state
 

@@ -68,7 +68,8 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         c = params["scale"].shape[0]
         if x.ndim < 2:
             raise ValueError(
-                f"batch_norm: expected input of rank >= 2 (batch, ..., channels), got shape {x.shape}")
+                "batch_norm: expected input of rank >= 2 (batch, ..., channels), "
+                f"got shape {x.shape}")
         check_last_dim("batch_norm", x, c)
         has_state = bool(state) and "mean" in state and "var" in state
         if not train and not has_state:
@@ -125,15 +126,18 @@ def layer_norm(*, eps: float = 1e-5) -> Layer:
         del key
         dtype = default_dtype(dtype)
         if len(input_shape) < 1:
-            raise ValueError(f"layer_norm: expected an input shape (..., features), got {input_shape}")
+            raise ValueError(
+                f"layer_norm: expected an input shape (..., features), got {input_shape}")
         c = input_shape[-1]
-        return tuple(input_shape), {"scale": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)}, {}
+        params = {"scale": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)}
+        return tuple(input_shape), params, {}
 
     def apply(params, x, *, state=None, key=None, train=False):
         del key, train
         x = jnp.asarray(x)
         if x.ndim < 1:
-            raise ValueError(f"layer_norm: expected input of rank >= 1 (..., features), got shape {x.shape}")
+            raise ValueError(
+                f"layer_norm: expected input of rank >= 1 (..., features), got shape {x.shape}")
         check_last_dim("layer_norm", x, params["scale"].shape[0])
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)

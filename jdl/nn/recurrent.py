@@ -91,7 +91,8 @@ def _recurrent(kind: str, hidden: int, gates: int, cell, return_sequences: bool,
         dtype = default_dtype(dtype)
         if len(input_shape) != 3:
             raise ValueError(
-                f"{kind}: expected an input shape (batch, time, features), got {tuple(input_shape)}")
+                f"{kind}: expected an input shape (batch, time, features), "
+                f"got {tuple(input_shape)}")
         k_x, k_h = jax.random.split(key)
         w_h = jnp.concatenate(
             [w_h_init(k, (hidden, hidden), dtype) for k in jax.random.split(k_h, gates)], axis=1)
@@ -129,7 +130,8 @@ def _recurrent(kind: str, hidden: int, gates: int, cell, return_sequences: bool,
     return Layer(init, apply, kind, config)
 
 
-def rnn(hidden: int, *, activation: str | Callable = "tanh", return_sequences: bool = True) -> Layer:
+def rnn(hidden: int, *, activation: str | Callable = "tanh",
+        return_sequences: bool = True) -> Layer:
     """An Elman RNN over ``(batch, time, features)``, unrolled with ``lax.scan``.
 
     Args:

@@ -28,7 +28,8 @@ def flatten() -> Layer:
     def fn(x):
         x = jnp.asarray(x)
         if x.ndim < 1:
-            raise ValueError(f"flatten: expected an input of shape (batch, ...), got shape {x.shape}")
+            raise ValueError(
+                f"flatten: expected an input of shape (batch, ...), got shape {x.shape}")
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     return stateless("flatten", {}, out_shape, fn)
