@@ -274,17 +274,23 @@ def _chunk_fn(cfg: Config) -> Callable:
         def fill(s):
             return jnp.array(-1 if jnp.issubdtype(s.dtype, jnp.integer) else jnp.nan, s.dtype)
 
-        skipped_record = jax.tree.map(fill, shapes)
         records = jax.tree.map(lambda s: jnp.broadcast_to(fill(s), (cfg.chunk,)), shapes)
 
-        def body(i, carry):
-            run, records = carry
-            run, record = jax.lax.cond(run.stopped, lambda r: (r, skipped_record),
-                                       lambda r: advance(r, data, val), run)
-            records = jax.tree.map(lambda r, x: r.at[i].set(x), records, record)
-            return run, records
+        # A while loop, not a cond inside a fori_loop: it exits when the run
+        # stops, and under vmap (restarts) its batched predicate becomes a
+        # per-restart select, where a batched cond would cost ~30% a step.
+        def active(carry):
+            i, run, _ = carry
+            return (i < num_epochs) & ~run.stopped
 
-        return jax.lax.fori_loop(0, num_epochs, body, (run, records))
+        def body(carry):
+            i, run, records = carry
+            run, record = advance(run, data, val)
+            records = jax.tree.map(lambda r, x: r.at[i].set(x), records, record)
+            return i + 1, run, records
+
+        _, run, records = jax.lax.while_loop(active, body, (0, run, records))
+        return run, records
 
     return chunk
 

@@ -109,7 +109,9 @@ def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
                            jnp.array(0, jnp.int32))
         return initial_run(train, early_stopping)
 
-    run = jax.jit(jax.vmap(start))(keys)
+    # Eager vmap, not jit: initialisers (truncated normals) compile slowly, and
+    # op-by-op dispatch caches each operation, so later calls start at once.
+    run = jax.vmap(start)(keys)
     num_batches = n // batch_size if drop_last else -(-n // batch_size)
     history: dict[str, list] = {}
     run = drive(fn_name, compiled_chunk(cfg, vmapped=True), run, train_data, val_data,

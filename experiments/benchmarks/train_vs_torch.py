@@ -1,0 +1,309 @@
+"""jdl's compiled training loop against the notes' PyTorch loop.
+
+Same data (the digits training split: 64 pixels -> one-hot 10 targets), same
+model (64 -> hidden -> ReLU -> 10), same initial weights (copied into torch),
+MSE, plain SGD, batch 32, a fresh permutation every epoch, the last partial
+batch dropped (the notes' ``N // batch_size`` steps), ``loss.item()`` each
+step and the epoch's mean loss logged, exactly as in the notes.
+
+Measured:
+  1. one model: epochs per second, jdl ``fit`` (whole call, host loop
+     included) against the PyTorch loop; median of repeats after a warm-up
+     run; jdl's compile time reported separately;
+  2. 16 restarts: jdl ``fit_restarts`` (one vmapped program) against 16
+     PyTorch runs one after another, in model-epochs per second;
+  3. agreement: both loops fed the same permutations for a few epochs end
+     with the same weights (float32 tolerance), and the final training loss
+     of the timed runs (different permutation streams) agree to a tolerance.
+
+PyTorch runs with ``torch.set_num_threads(T)`` for T in 1 and 2 (this machine
+has 2 cores); the ratio uses the faster of the two. The CPU is shared with
+other jobs: numbers are noisy; medians of several repeats are reported.
+
+Run: ``.venv/bin/python experiments/benchmarks/train_vs_torch.py [--quick]``.
+Writes ``experiments/benchmarks/results/train_vs_torch_cpu.json`` (or ``_gpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+from jdl import data, nn
+from jdl import train as jt
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def jdl_setup(hidden: int):
+    ds = data.load("digits")
+    x = ds.x_train
+    y = jax.nn.one_hot(ds.y_train, 10, dtype=x.dtype)
+    model = nn.serial(nn.dense(hidden), nn.activation("relu"), nn.dense(10))
+
+    def loss_fn(params, batch):
+        xb, yb = batch
+        out, _ = model.apply(params, xb)
+        return jnp.mean((out - yb) ** 2)
+
+    def init_fn(key):
+        return model.init(key, (-1, 64))[1]
+
+    val = (ds.x_val, jax.nn.one_hot(ds.y_val, 10, dtype=x.dtype))
+    return (x, y), loss_fn, init_fn, val
+
+
+def torch_model(params) -> torch.nn.Module:
+    """The notes' Sequential with jdl's initial weights copied in."""
+    hidden = params["0_dense"]["w"].shape[1]
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 10))
+    with torch.no_grad():
+        for layer, name in ((model[0], "0_dense"), (model[2], "2_dense")):
+            layer.weight.copy_(torch.from_numpy(np.asarray(params[name]["w"]).T.copy()))
+            layer.bias.copy_(torch.from_numpy(np.asarray(params[name]["b"]).copy()))
+    return model
+
+
+def notes_loop(model, X, y, *, lr, batch_size, num_epochs, permutations=None, val=None):
+    """The notes' training loop (bugs of the transcription fixed: one model, one optimiser).
+
+    With ``val = (X_val, y_val)`` it also logs the validation loss after every
+    epoch (as ``fit_restarts`` does) and returns ``(loss_log, val_log)``.
+    """
+    loss_log, val_log = [], []
+    N = len(X)
+    batch_it = N // batch_size
+    loss_func = torch.nn.MSELoss()
+    SGD = torch.optim.SGD(model.parameters(), lr=lr)
+    for epoch in range(num_epochs):
+        epoch_loss = 0.0
+        permutation = torch.randperm(N) if permutations is None else permutations[epoch]
+        X = X[permutation]
+        y = y[permutation]
+        for i in range(batch_it):
+            X_batch = X[i * batch_size: (i + 1) * batch_size]
+            y_true = y[i * batch_size: (i + 1) * batch_size]
+            SGD.zero_grad()
+            loss = loss_func(model(X_batch), y_true)
+            loss.backward()
+            SGD.step()
+            epoch_loss += loss.item()
+        loss_log.append(epoch_loss / batch_it)
+        if val is not None:
+            with torch.no_grad():
+                val_log.append(loss_func(model(val[0]), val[1]).item())
+    return loss_log if val is None else (loss_log, val_log)
+
+
+def median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), times
+
+
+def same_permutation_check(train, loss_fn, params, *, lr, batch_size, epochs=3):
+    """Feed torch jdl's permutations: the weights must agree to float32 tolerance."""
+    key = jax.random.key(42)
+    result = jt.fit(loss_fn, params, optax.sgd(lr), train, epochs=epochs, batch_size=batch_size,
+                    key=key, quiet=True)
+    n = train[0].shape[0]
+    perms = []
+    for epoch in range(epochs):
+        k_perm, _ = jax.random.split(jax.random.fold_in(key, epoch))
+        # jdl permutes the original order every epoch; the notes' loop permutes the
+        # already-permuted X, so hand it the relative permutation.
+        perms.append(np.asarray(jax.random.permutation(k_perm, n)))
+    relative, previous = [], np.arange(n)
+    for perm in perms:
+        inverse = np.argsort(previous)
+        relative.append(torch.from_numpy(inverse[perm]))
+        previous = perm
+    model = torch_model(params)
+    X, Y = (torch.from_numpy(np.array(a)) for a in train)
+    log = notes_loop(model, X, Y, lr=lr, batch_size=batch_size, num_epochs=epochs,
+                     permutations=relative)
+    w_torch = model[0].weight.detach().numpy().T
+    w_jdl = np.asarray(result.params["0_dense"]["w"])
+    return {
+        "epochs": epochs,
+        "max_abs_weight_difference": float(np.max(np.abs(w_torch - w_jdl))),
+        "max_abs_weight": float(np.max(np.abs(w_jdl))),
+        "loss_log_torch": log,
+        "loss_log_jdl": result.history["loss"].tolist(),
+    }
+
+
+def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: float,
+            repeats: int) -> dict:
+    """Every number of the benchmark for one hidden size."""
+    E, R, B = epochs, restarts, batch_size
+    train, loss_fn, init_fn, val = jdl_setup(hidden)
+    params = init_fn(jax.random.key(0))
+    n = train[0].shape[0]
+    optimizer = optax.sgd(lr)
+    X, Y = (torch.from_numpy(np.array(a)) for a in train)
+    X_val, Y_val = (torch.from_numpy(np.array(a)) for a in val)
+    out = {"setup": {"data": "digits train split (validation split for restarts)",
+                     "examples": n, "validation_examples": int(val[0].shape[0]),
+                     "hidden": hidden,
+                     "params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
+                     "epochs": E, "batch_size": B, "steps_per_epoch": n // B, "lr": lr,
+                     "restarts": R, "repeats": repeats, "dtype": "float32"}}
+
+    # --- one model -----------------------------------------------------------
+    def jdl_run(epochs_per_call=10):
+        result = jt.fit(loss_fn, params, optimizer, train, epochs=E, batch_size=B,
+                        key=jax.random.key(1), quiet=True, epochs_per_call=epochs_per_call)
+        jax.block_until_ready(result.params)
+        return result
+
+    start = time.perf_counter()
+    jdl_final = float(jdl_run().history["loss"][-1])
+    first_call = time.perf_counter() - start
+    jdl_time, jdl_times = median_time(jdl_run, repeats)
+    jdl_run(E)  # compile the one-call variant
+    one_call_time, _ = median_time(lambda: jdl_run(E), repeats)
+
+    torch_results = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B, num_epochs=2)  # warm-up
+        finals = []
+
+        def torch_run():
+            finals.append(notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B,
+                                     num_epochs=E)[-1])
+
+        t, times = median_time(torch_run, repeats)
+        torch_results[threads] = {"seconds": t, "epochs_per_second": E / t, "times": times,
+                                  "final_loss": float(np.median(finals))}
+    best_threads = min(torch_results, key=lambda k: torch_results[k]["seconds"])
+    torch_best = torch_results[best_threads]
+    out["one_model"] = {
+        "jdl": {"seconds": jdl_time, "epochs_per_second": E / jdl_time, "times": jdl_times,
+                "compile_and_first_run_seconds": first_call,
+                "compile_seconds_estimate": first_call - jdl_time,
+                "epochs_per_call": 10, "final_loss": jdl_final,
+                "all_epochs_in_one_call": {"seconds": one_call_time,
+                                           "epochs_per_second": E / one_call_time}},
+        "torch": {f"threads_{k}": v for k, v in torch_results.items()},
+        "torch_threads_used_for_ratio": best_threads,
+        "speedup": torch_best["seconds"] / jdl_time,
+        "final_loss_relative_difference": abs(jdl_final - torch_best["final_loss"])
+        / torch_best["final_loss"],
+    }
+
+    # --- restarts: both keep the one with the lowest validation loss ---------
+    keys = jax.random.split(jax.random.key(2), R)
+
+    def jdl_restarts():
+        result = jt.fit_restarts(loss_fn, init_fn, optimizer, train, val, keys=keys,
+                                 epochs=E, batch_size=B, quiet=True)
+        jax.block_until_ready(result.all_params)
+        return result
+
+    start = time.perf_counter()
+    jdl_restarts()
+    restarts_first = time.perf_counter() - start
+    restarts_time, restarts_times = median_time(jdl_restarts, repeats)
+    restarts_result = jdl_restarts()
+    torch.set_num_threads(best_threads)
+    inits = [init_fn(jt.split_restart_key(k)[0]) for k in keys]
+    torch_val = []
+
+    def torch_restarts():
+        torch_val.clear()
+        for p in inits:
+            model = torch_model(p)
+            torch_val.append(notes_loop(model, X, Y, lr=lr, batch_size=B, num_epochs=E,
+                                        val=(X_val, Y_val))[1][-1])
+
+    torch_restarts_time, torch_restarts_times = median_time(torch_restarts, max(1, repeats // 2))
+    out["restarts"] = {
+        "jdl": {"seconds": restarts_time, "model_epochs_per_second": R * E / restarts_time,
+                "times": restarts_times, "compile_and_first_run_seconds": restarts_first,
+                "best_val_loss": float(np.min(restarts_result.val_losses)),
+                "median_val_loss": float(np.median(restarts_result.val_losses))},
+        "torch": {"seconds": torch_restarts_time,
+                  "model_epochs_per_second": R * E / torch_restarts_time,
+                  "times": torch_restarts_times, "threads": best_threads,
+                  "best_val_loss": float(np.min(torch_val)),
+                  "median_val_loss": float(np.median(torch_val))},
+        "speedup": torch_restarts_time / restarts_time,
+    }
+    torch.set_num_threads(best_threads)
+    out["same_permutation_check"] = same_permutation_check(train, loss_fn, params, lr=lr,
+                                                           batch_size=B)
+    return out
+
+
+def report(res: dict) -> None:
+    one, rs, chk = res["one_model"], res["restarts"], res["same_permutation_check"]
+    st = res["setup"]
+    print(f"hidden {st['hidden']} ({st['params']} params), {st['examples']} examples, "
+          f"batch {st['batch_size']}, {st['epochs']} epochs")
+    for k, v in one["torch"].items():
+        print(f"  torch ({k}): {v['epochs_per_second']:8.1f} epochs/s   final loss "
+              f"{v['final_loss']:.5f}")
+    print(f"  jdl fit:           {one['jdl']['epochs_per_second']:8.1f} epochs/s   final loss "
+          f"{one['jdl']['final_loss']:.5f}   (compile + first run "
+          f"{one['jdl']['compile_and_first_run_seconds']:.2f} s)")
+    print(f"  jdl, one call:     {one['jdl']['all_epochs_in_one_call']['epochs_per_second']:8.1f}"
+          " epochs/s")
+    print(f"  one model: {one['speedup']:.2f}x the notes' loop (goal >= 4x); final losses differ "
+          f"by {100 * one['final_loss_relative_difference']:.1f}% (different permutations)")
+    print(f"  {st['restarts']} restarts: jdl {rs['jdl']['model_epochs_per_second']:.1f} vs torch "
+          f"{rs['torch']['model_epochs_per_second']:.1f} model-epochs/s: {rs['speedup']:.2f}x "
+          f"(goal >= 20x); best val loss jdl {rs['jdl']['best_val_loss']:.5f}, torch "
+          f"{rs['torch']['best_val_loss']:.5f}")
+    print(f"  same permutations, {chk['epochs']} epochs: max |w_torch - w_jdl| = "
+          f"{chk['max_abs_weight_difference']:.2e} (|w| <= {chk['max_abs_weight']:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--sweep", type=int, nargs="*", default=[16, 32, 128],
+                        help="more hidden sizes, measured with fewer repeats")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--restarts", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="2 repeats, no sweep")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else args.repeats
+    common = dict(epochs=args.epochs, restarts=args.restarts, batch_size=args.batch_size,
+                  lr=args.lr)
+    out = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+           "platform": platform.platform(), "jax": jax.__version__, "torch": torch.__version__,
+           "note": "CPU shared with other jobs while measured: numbers are noisy; torch runs "
+                   "with torch.set_num_threads(1) and (2); ratios use the faster",
+           "main": measure(args.hidden, repeats=repeats, **common), "sweep": []}
+    report(out["main"])
+    for hidden in ([] if args.quick else args.sweep):
+        out["sweep"].append(measure(hidden, repeats=max(2, repeats // 2), **common))
+        report(out["sweep"][-1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "gpu" if jax.default_backend() == "gpu" else "cpu"
+    path = RESULTS / f"train_vs_torch_{suffix}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
