@@ -156,31 +156,26 @@ def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
         num_samples += num_samples % 2 if antithetic else 0
     if method != "exact" and key is None:
         raise ValueError(f"shapley: method={method!r} samples at random and needs a key, got None")
-    out_shape = getattr(jax.eval_shape(f, jax.ShapeDtypeStruct((2, d), x.dtype)), "shape", None)
-    if out_shape is None or len(out_shape) not in (1, 2) or out_shape[0] != 2:
-        raise ValueError(
-            f"shapley: expected f to map rows (n, {d}) to (n,) or (n, outputs), got output "
-            f"shape {out_shape} for n=2")
     if num_groups == 1:
         method = "exact"  # one player: v(all) - v(empty), no sampling needed
     key = jax.random.key(0) if key is None else key
     model = f if isinstance(f, Partial) else Partial(f)
-    values, std_error, prediction, base = _shapley_jit(
-        model, x, background, jnp.asarray(group_index), key, method=method,
-        num_permutations=num_permutations, antithetic=antithetic, num_groups=num_groups,
-        num_samples=num_samples, max_rows=max_rows)
-    if not isinstance(prediction, jax.core.Tracer):
-        for name, arr in (("model outputs f(x)", prediction),
-                          ("model outputs on the baseline", base), ("attributions", values)):
-            if not bool(jnp.all(jnp.isfinite(arr))):
-                raise ValueError(f"shapley: non-finite {name} (NaN or inf); check the model "
-                                 f"and the inputs")
+    values, std_error, prediction, base, finite = _shapley_jit(
+        model, x, background, None if groups is None else jnp.asarray(group_index), key,
+        method=method, num_permutations=num_permutations, antithetic=antithetic,
+        num_groups=num_groups, num_samples=num_samples, max_rows=max_rows)
+    if not isinstance(finite, jax.core.Tracer) and not np.all(finite):
+        what = ("model outputs f(x)", "model outputs on the baseline",
+                "attributions")[int(np.argmin(np.asarray(finite)))]
+        raise ValueError(f"shapley: non-finite {what} (NaN or inf); check the model and the "
+                         f"inputs")
     n, m, g = x.shape[0], background.shape[0], num_groups
+    one_output = prediction.ndim == 1
     per_instance = {"permutation": num_permutations * (g - 1) * m,
                     "exact": 2 ** g * m, "kernel": (num_samples or 0) * m}[method]
     num_evaluations = n * (per_instance + 1) + m
-    if len(out_shape) == 1:
-        values, prediction, base = values[..., 0], prediction[..., 0], base[..., 0]
+    if one_output:
+        values, base = values[..., 0], base[..., 0]
         std_error = None if std_error is None else std_error[..., 0]
     if single:
         values, prediction = values[0], prediction[0]
@@ -240,45 +235,87 @@ def _evaluate_chunked(f: Callable, rows: jax.Array, max_rows: int) -> jax.Array:
     return out.reshape(num * size, -1)[:n]
 
 
-def _coalition_values(f: Callable, x: jax.Array, background: jax.Array,
-                      coalition: Callable, num_units: int, max_rows: int) -> jax.Array:
+class _Plan(NamedTuple):
+    """How the rows are cut into model calls of ``block * per_call * bm <= max_rows`` rows."""
+
+    block: int          # instances per call
+    num_blocks: int
+    per_call: int       # coalitions per instance per call
+    num_chunks: int     # calls per instance block (coalitions padded to num_chunks * per_call)
+    bm: int             # background rows per call
+    num_bg: int
+
+
+def _plan(n: int, m: int, num_units: int, max_rows: int, align: int = 1) -> _Plan:
+    """Chunk sizes with the fewest padded rows (then the fewest calls).
+
+    ``per_call`` is a multiple of ``align`` whenever ``align * bm <= max_rows``
+    (so a call holds whole permutations); instance blocks and coalition
+    chunks are balanced so little work is padding.
+    """
+    bm = min(m, max_rows)
+    num_bg = -(-m // bm)
+    cap = max_rows // bm                                     # instances x coalitions per call
+    step = align if align <= cap else 1
+    best = None
+    for num_blocks in sorted({-(-n // b) for b in range(1, min(n, cap) + 1)}):
+        block = -(-n // num_blocks)
+        per_call = min(-(-num_units // step) * step, cap // block // step * step)
+        if per_call < 1:
+            continue
+        num_chunks = -(-num_units // per_call)
+        balanced = -(-(-(-num_units // num_chunks)) // step) * step
+        per_call = min(per_call, balanced)
+        num_chunks = -(-num_units // per_call)
+        padded = num_blocks * block * num_chunks * per_call
+        score = (padded, num_blocks * num_chunks)
+        if best is None or score < best[0]:
+            best = (score, _Plan(block, num_blocks, per_call, num_chunks, bm, num_bg))
+    return best[1]
+
+
+def _expand(group_masks: jax.Array, groups: jax.Array | None) -> jax.Array:
+    """Feature masks ``(..., d)`` from group masks ``(..., g)`` (identity when ``groups`` is None)."""
+    return group_masks if groups is None else jnp.take(group_masks, groups, axis=-1)
+
+
+def _coalition_values(f: Callable, x: jax.Array, background: jax.Array, per_instance,
+                      chunk_masks: Callable, plan: _Plan) -> jax.Array:
     """``v_i(S_u)``, the background mean of ``f``, for every instance and coalition.
 
     Args:
       f: the model on rows ``(r, d)``.
       x: instances ``(n, d)``.
       background: ``(m, d)``.
-      coalition: ``coalition(i, u) -> (d,)`` bool mask of the features taken
-        from instance ``i`` in coalition ``u`` (traced ints).
-      num_units: coalitions per instance.
-      max_rows: bound on rows per model call.
+      per_instance: a pytree of arrays with leading axis ``n`` (e.g. each
+        instance's permutations), handed to ``chunk_masks`` for the current
+        block of instances.
+      chunk_masks: ``chunk_masks(block_data, start) -> (block, per_call, d)``
+        bool masks of the features taken from the instance for coalitions
+        ``start .. start + per_call - 1`` (``start`` traced).
+      plan: the chunking, from :func:`_plan`.
 
     Returns:
-      ``(n, num_units, outputs)``.
+      ``(n, num_chunks * per_call, outputs)``; coalitions past the real
+      number are padding for the caller to drop.
 
-    The work is split into blocks of ``B`` instances x ``u`` coalitions x
-    ``bm`` background rows (``B * u * bm <= max_rows``), looped with
+    Instances x coalitions x background rows are built by broadcasting and
+    sent to ``f`` in calls of at most ``max_rows`` rows, looped with
     ``lax.scan``. Instance blocks interleave (block ``j`` holds instances
     ``j, j + num_blocks, ...``) so a batch sharded over devices stays sharded.
     """
     n, d = x.shape
     m = background.shape[0]
-    bm = min(m, max_rows)
-    num_bg = -(-m // bm)
+    block, per_call, bm, num_bg = plan.block, plan.per_call, plan.bm, plan.num_bg
     bg = jnp.concatenate([background, jnp.zeros((num_bg * bm - m, d), background.dtype)])
     bg = bg.reshape(num_bg, bm, d)
-    out_dtype = jax.eval_shape(lambda r: _rows_2d(f, r), bg[0]).dtype
-    k = jax.eval_shape(lambda r: _rows_2d(f, r), bg[0]).shape[1]
-    weights = ((jnp.arange(num_bg * bm) < m).astype(out_dtype) / m).reshape(num_bg, bm)
-    block = min(n, max(1, max_rows // bm))
-    per_call = min(num_units, max(1, max_rows // (block * bm)))
-    num_blocks = -(-n // block)
-    num_chunks = -(-num_units // per_call)
+    out = jax.eval_shape(lambda r: _rows_2d(f, r), bg[0])
+    k = out.shape[1]
+    weights = ((jnp.arange(num_bg * bm) < m).astype(out.dtype) / m).reshape(num_bg, bm)
 
-    def block_values(inst, xb):
+    def block_values(xb, data):
         def chunk(c):
-            units = jnp.minimum(c * per_call + jnp.arange(per_call), num_units - 1)
-            masks = jax.vmap(lambda i: jax.vmap(lambda u: coalition(i, u))(units))(inst)
+            masks = chunk_masks(data, c * per_call)
 
             def background_chunk(acc, bw):
                 b, w = bw
@@ -286,52 +323,93 @@ def _coalition_values(f: Callable, x: jax.Array, background: jax.Array,
                 out = _rows_2d(f, rows.reshape(-1, d)).reshape(block, per_call, bm, k)
                 return acc + jnp.einsum("bumk,m->buk", out, w), None
 
-            zero = jnp.zeros((block, per_call, k), out_dtype)
+            zero = jnp.zeros((block, per_call, k), out.dtype)
             if num_bg == 1:
                 return background_chunk(zero, (bg[0], weights[0]))[0]
             return lax.scan(background_chunk, zero, (bg, weights))[0]
 
-        vals = lax.map(chunk, jnp.arange(num_chunks))
-        return vals.transpose(1, 0, 2, 3).reshape(block, num_chunks * per_call, k)[:, :num_units]
+        vals = lax.map(chunk, jnp.arange(plan.num_chunks))
+        return vals.transpose(1, 0, 2, 3).reshape(block, plan.num_chunks * per_call, k)
 
-    if num_blocks == 1:
-        return block_values(jnp.arange(n), x)
-    inst = jnp.minimum(jnp.arange(block * num_blocks).reshape(block, num_blocks).T, n - 1)
-    vals = lax.map(lambda ids: block_values(ids, x[ids]), inst)
-    return vals.transpose(1, 0, 2, 3).reshape(block * num_blocks, num_units, k)[:n]
+    if plan.num_blocks == 1:
+        return block_values(x, per_instance)
+    ids = jnp.arange(block * plan.num_blocks).reshape(block, plan.num_blocks).T
+    ids = jnp.minimum(ids, n - 1)
+    vals = lax.map(lambda i: block_values(x[i], jax.tree.map(lambda a: a[i], per_instance)), ids)
+    return vals.transpose(1, 0, 2, 3).reshape(block * plan.num_blocks, -1, k)[:n]
+
+
+def _pad_units(a: jax.Array, total: int, axis: int = 1) -> jax.Array:
+    """``a`` padded with zeros along ``axis`` to length ``total``."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, total - a.shape[axis])
+    return jnp.pad(a, pad)
 
 
 def _instance_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
+def _random_ranks(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniformly random permutations of ``0 .. g-1``, given as ranks: ``(*shape, g)``.
+
+    ``rank[a]`` is the position of player ``a``. For small ``g`` the rank is a
+    count of smaller keys (ties broken by index), which vectorises far better
+    than a sort on CPU.
+    """
+    g = shape[-1]
+    noise = jax.random.bits(key, shape, jnp.uint32)
+    if g > 64:
+        return jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
+    index = jnp.arange(g)
+    lower = (index[None, :] < index[:, None]).reshape((1,) * (noise.ndim - 1) + (g, g))
+    before = (noise[..., None, :] < noise[..., :, None]) | (
+        (noise[..., None, :] == noise[..., :, None]) & lower)
+    return before.sum(-1, dtype=jnp.int32)
+
+
 def _permutation(x, background, f, groups, key, prediction, base, *, num_groups,
                  num_permutations, antithetic, max_rows):
     n, g, p = x.shape[0], num_groups, num_permutations
     draws = p // 2 if antithetic else p
+    ranks = jax.vmap(lambda k: _random_ranks(k, (draws, g)))(_instance_keys(key, n))
+    if antithetic:                                                       # the reversed order
+        ranks = jnp.stack([ranks, g - 1 - ranks], axis=2).reshape(n, p, g)
+    # coalition u = (permutation u // (g-1), the first u % (g-1) + 1 players of it)
+    plan = _plan(n, background.shape[0], p * (g - 1), max_rows, align=g - 1)
+    positions = jnp.arange(1, g)
+    if plan.per_call % (g - 1) == 0:                 # whole permutations per call: slices
+        q = plan.per_call // (g - 1)
 
-    noise = jax.vmap(lambda k: jax.random.uniform(k, (draws, g)))(_instance_keys(key, n))
-    perms = jnp.argsort(noise, axis=-1)                                  # (n, draws, g)
-    if antithetic:
-        perms = jnp.stack([perms, perms[..., ::-1]], axis=2).reshape(n, p, g)
-    ranks = jnp.argsort(perms, axis=-1)                                  # position of each group
+        def chunk_masks(r, start):
+            r = lax.dynamic_slice_in_dim(r, start // (g - 1), q, axis=1)    # (block, q, g)
+            sets = r[:, :, None, :] < positions[None, None, :, None]
+            return _expand(sets.reshape(r.shape[0], q * (g - 1), g), groups)
 
-    def coalition(i, u):
-        return (ranks[i, u // (g - 1)] < u % (g - 1) + 1)[groups]
+        padded = _pad_units(ranks, plan.num_chunks * q)
+    else:                                            # a huge background: part of one per call
+        def chunk_masks(r, start):
+            units = jnp.minimum(start + jnp.arange(plan.per_call), p * (g - 1) - 1)
+            r = jnp.take(r, units // (g - 1), axis=1)                         # (block, per_call, g)
+            return _expand(r < (units % (g - 1) + 1)[None, :, None], groups)
 
-    v = _coalition_values(f, x, background, coalition, p * (g - 1), max_rows)
+        padded = ranks
+    v = _coalition_values(f, x, background, padded, chunk_masks, plan)[:, :p * (g - 1)]
     k = v.shape[-1]
-    v = v.reshape(n, p, g - 1, k)
-    first = jnp.broadcast_to(base[None, None, None, :], (n, p, 1, k))
-    last = jnp.broadcast_to(prediction[:, None, None, :], (n, p, 1, k))
-    chain = jnp.concatenate([first, v, last], axis=2)                    # (n, p, g + 1, k)
-    gains = chain[:, :, 1:] - chain[:, :, :-1]                           # by position
-    samples = jnp.take_along_axis(gains, ranks[..., None], axis=2)      # by group
-    values = samples.mean(1)
-    independent = samples.reshape(n, p // 2, 2, g, k).mean(2) if antithetic else samples
-    count = independent.shape[1]
-    std_error = independent.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
-    return values, std_error
+    # the value chain of each permutation, outputs first (fast gathers on CPU):
+    # v(empty), v(first player), ..., v(all); a player's gain is the step it adds
+    v = jnp.moveaxis(v, -1, 0).reshape(k, n, p, g - 1)
+    first = jnp.broadcast_to(base[:, None, None, None], (k, n, p, 1))
+    last = jnp.broadcast_to(prediction.T[:, :, None, None], (k, n, p, 1))
+    chain = jnp.concatenate([first, v, last], axis=3)                    # (k, n, p, g + 1)
+    at = jnp.broadcast_to(ranks[None], (k, n, p, g))
+    samples = jnp.take_along_axis(chain, at + 1, axis=3) - jnp.take_along_axis(chain, at, axis=3)
+    values = samples.mean(2)
+    independent = samples.reshape(k, n, p // 2, 2, g).mean(3) if antithetic else samples
+    count = independent.shape[2]
+    std_error = independent.std(2, ddof=1) / math.sqrt(count) if count > 1 else None
+    return (jnp.moveaxis(values, 0, -1),
+            None if std_error is None else jnp.moveaxis(std_error, 0, -1))
 
 
 def _shapley_weights(g: int) -> np.ndarray:
@@ -348,14 +426,18 @@ def _exact(x, background, f, groups, prediction, *, num_groups, max_rows):
     weights = _shapley_weights(g)
     w_in = jnp.asarray(np.concatenate([[0.0], weights]))                 # w[s - 1] for members
     w_out = jnp.asarray(np.concatenate([weights, [0.0]]))                # w[s] for non-members
+    plan = _plan(x.shape[0], background.shape[0], span, max_rows)
 
     def member(s):
-        return ((s >> bits) & 1).astype(bool)
+        return ((s[:, None] >> bits[None, :]) & 1).astype(bool)          # (coalitions, g)
 
-    def span_values(acc, start):
-        v = _coalition_values(f, x, background, lambda i, u: member(start + u)[groups], span,
-                              max_rows)
-        sets = jax.vmap(member)(start + jnp.arange(span))                # (span, g)
+    def span_values(acc, first):
+        def chunk_masks(_, start):
+            sets = _expand(member(first + start + jnp.arange(plan.per_call)), groups)
+            return jnp.broadcast_to(sets[None], (plan.block, *sets.shape))
+
+        v = _coalition_values(f, x, background, None, chunk_masks, plan)[:, :span]
+        sets = member(first + jnp.arange(span))                          # (span, g)
         size = sets.sum(1)
         coef = jnp.where(sets, w_in[size][:, None], -w_out[size][:, None]).astype(v.dtype)
         return acc + jnp.einsum("nsk,sg->ngk", v, coef), None
@@ -379,19 +461,22 @@ def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_
     cdf = jnp.asarray(np.cumsum(_kernel_weights(g))[:-1])
 
     def draw(k):
-        u = jax.random.uniform(k, (draws, g + 1))
-        size = jnp.searchsorted(cdf, u[:, 0], side="right") + 1        # kernel-weighted size
-        ranks = jnp.argsort(jnp.argsort(u[:, 1:], axis=-1), axis=-1)
-        return ranks < size[:, None]                                     # a uniform subset of that size
+        k_size, k_order = jax.random.split(k)
+        u = jax.random.uniform(k_size, (draws,))
+        size = jnp.searchsorted(cdf, u, side="right") + 1              # kernel-weighted size
+        return _random_ranks(k_order, (draws, g)) < size[:, None]        # a uniform subset
 
     sets = jax.vmap(draw)(_instance_keys(key, n))                        # (n, draws, g)
     if antithetic:
         sets = jnp.stack([sets, ~sets], axis=2).reshape(n, num_samples, g)
 
-    def coalition(i, u):
-        return sets[i, u][groups]
+    plan = _plan(n, background.shape[0], num_samples, max_rows)
 
-    v = _coalition_values(f, x, background, coalition, num_samples, max_rows)
+    def chunk_masks(s, start):
+        return _expand(lax.dynamic_slice_in_dim(s, start, plan.per_call, axis=1), groups)
+
+    padded = _pad_units(sets, plan.num_chunks * plan.per_call)
+    v = _coalition_values(f, x, background, padded, chunk_masks, plan)[:, :num_samples]
     k = v.shape[-1]
     y = v - base[None, None, :]                                          # (n, S, k)
     z = sets.astype(v.dtype)                                             # (n, S, g)
@@ -420,6 +505,11 @@ def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_
 
 def _shapley_core(f, x, background, groups, key, *, method, num_permutations, antithetic,
                   num_groups, num_samples, max_rows):
+    out = getattr(jax.eval_shape(f, jax.ShapeDtypeStruct((2, x.shape[1]), x.dtype)), "shape", None)
+    if out is None or len(out) not in (1, 2) or out[0] != 2:
+        raise ValueError(
+            f"shapley: expected f to map rows (n, {x.shape[1]}) to (n,) or (n, outputs), got "
+            f"output shape {out} for n=2")
     prediction = _evaluate_chunked(f, x, max_rows)                      # (n, k)
     base = _evaluate_chunked(f, background, max_rows).mean(0)           # (k,)
     if method == "exact":
@@ -433,7 +523,8 @@ def _shapley_core(f, x, background, groups, key, *, method, num_permutations, an
         values, std_error = _kernel(
             x, background, f, groups, key, prediction, base, num_groups=num_groups,
             num_samples=num_samples, antithetic=antithetic, max_rows=max_rows)
-    return values, std_error, prediction, base
+    finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in (prediction, base, values)])
+    return values, std_error, prediction.reshape((x.shape[0], *out[1:])), base, finite
 
 
 _shapley_jit = jax.jit(_shapley_core, static_argnames=(
