@@ -345,7 +345,7 @@ def sparsity(code: ArrayLike, tol: float = 0.0) -> jax.Array:
         raise ValueError(f"sparsity: expected a non-empty code, got shape {code.shape}")
     if tol < 0:
         raise ValueError(f"sparsity: expected tol >= 0, got {tol}")
-    return jnp.mean(jnp.abs(code) <= tol)
+    return jnp.mean(jnp.abs(code) <= tol, dtype=jnp.result_type(code.dtype, float))
 
 
 def reconstruction_objective(model: Layer, lam: float = 0.0):
