@@ -211,7 +211,7 @@ def test_stateful_loss_threads_state_and_dropout_keys():
     np.testing.assert_allclose(result.history["val_loss"][-1], val, rtol=1e-12)
     # another key gives other permutations and dropout masks
     other = jt.fit(loss, params, optimizer, (x, y), epochs=3, batch_size=16,
-                   key=jax.random.key(12), model_state=state, quiet=True)
+                   key=jax.random.key(12), model_state=state, val_data=(x, y), quiet=True)
     assert not np.allclose(other.history["loss"], result.history["loss"])
 
 

@@ -72,9 +72,9 @@ def test_stateful_restarts_and_non_finite_loss():
         return params, state
 
     result = jt.fit_restarts(loss, init, optax.adam(0.02), TRAIN, VAL,
-                             keys=jax.random.split(jax.random.key(0), 4), epochs=5,
+                             keys=jax.random.split(jax.random.key(0), 2), epochs=3,
                              batch_size=16, metrics={"accuracy": accuracy}, quiet=True)
-    assert result.histories["val_accuracy"].shape == (4, 5)
+    assert result.histories["val_accuracy"].shape == (2, 3)
     np.testing.assert_allclose(result.histories["val_accuracy"][result.best_index, -1],
                                accuracy(result.params, result.model_state, VAL))
 

@@ -16,9 +16,12 @@ Measured:
      with the same weights (float32 tolerance), and the final training loss
      of the timed runs (different permutation streams) agree to a tolerance.
 
-PyTorch runs with ``torch.set_num_threads(T)`` for T in 1 and 2 (this machine
-has 2 cores); the ratio uses the faster of the two. The CPU is shared with
-other jobs: numbers are noisy; medians of several repeats are reported.
+PyTorch runs with ``torch.set_num_threads(1)`` by default (``--torch-threads 1
+2`` tries both; the ratio uses the faster: on this shared 2-core machine two
+threads were up to 30x slower). The CPU is shared with other jobs: numbers are
+noisy, so jdl and torch runs are interleaved (same load for both) and the
+median and the best of the repeats are reported; jdl's compile time
+(first call) is reported separately.
 
 Run: ``.venv/bin/python experiments/benchmarks/train_vs_torch.py [--quick]``.
 Writes ``experiments/benchmarks/results/train_vs_torch_cpu.json`` (or ``_gpu``).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -105,13 +109,25 @@ def notes_loop(model, X, y, *, lr, batch_size, num_epochs, permutations=None, va
     return loss_log if val is None else (loss_log, val_log)
 
 
-def median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
+def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall times of each function, run in turn ``repeats`` times (warm-ups done before).
+
+    Interleaving puts jdl and torch under the same background load, which on
+    this shared machine moves by a factor of several within a minute.
+    """
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: list[float], units: float) -> dict:
+    """Median and best time, and ``units`` (epochs) per second at the median."""
+    return {"seconds": float(np.median(times)), "best_seconds": float(np.min(times)),
+            "per_second": units / float(np.median(times)), "times": times}
 
 
 def same_permutation_check(train, loss_fn, params, *, lr, batch_size, epochs=3):
@@ -147,7 +163,7 @@ def same_permutation_check(train, loss_fn, params, *, lr, batch_size, epochs=3):
 
 
 def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: float,
-            repeats: int) -> dict:
+            repeats: int, torch_threads: tuple[int, ...]) -> dict:
     """Every number of the benchmark for one hidden size."""
     E, R, B = epochs, restarts, batch_size
     train, loss_fn, init_fn, val = jdl_setup(hidden)
@@ -173,38 +189,36 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
     start = time.perf_counter()
     jdl_final = float(jdl_run().history["loss"][-1])
     first_call = time.perf_counter() - start
-    jdl_time, jdl_times = median_time(jdl_run, repeats)
     jdl_run(E)  # compile the one-call variant
-    one_call_time, _ = median_time(lambda: jdl_run(E), repeats)
+    torch_finals = {t: [] for t in torch_threads}
 
-    torch_results = {}
-    for threads in (1, 2):
+    def torch_run(threads):
         torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B, num_epochs=2)  # warm-up
-        finals = []
+        torch_finals[threads].append(notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B,
+                                                num_epochs=E)[-1])
 
-        def torch_run():
-            finals.append(notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B,
-                                     num_epochs=E)[-1])
-
-        t, times = median_time(torch_run, repeats)
-        torch_results[threads] = {"seconds": t, "epochs_per_second": E / t, "times": times,
-                                  "final_loss": float(np.median(finals))}
-    best_threads = min(torch_results, key=lambda k: torch_results[k]["seconds"])
-    torch_best = torch_results[best_threads]
+    for threads in torch_threads:  # warm-up
+        torch.set_num_threads(threads)
+        notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B, num_epochs=2)
+    fns = {"jdl": jdl_run, "jdl_one_call": lambda: jdl_run(E),
+           **{f"torch_threads_{t}": (lambda t=t: torch_run(t)) for t in torch_threads}}
+    times = interleaved_times(fns, repeats)
+    stats = {name: summary(v, E) for name, v in times.items()}
+    best_threads = min(torch_threads, key=lambda t: stats[f"torch_threads_{t}"]["seconds"])
+    torch_best = stats[f"torch_threads_{best_threads}"]
+    torch_final = float(np.median(torch_finals[best_threads]))
     out["one_model"] = {
-        "jdl": {"seconds": jdl_time, "epochs_per_second": E / jdl_time, "times": jdl_times,
+        "jdl": {**stats["jdl"], "epochs_per_call": 10, "final_loss": jdl_final,
                 "compile_and_first_run_seconds": first_call,
-                "compile_seconds_estimate": first_call - jdl_time,
-                "epochs_per_call": 10, "final_loss": jdl_final,
-                "all_epochs_in_one_call": {"seconds": one_call_time,
-                                           "epochs_per_second": E / one_call_time}},
-        "torch": {f"threads_{k}": v for k, v in torch_results.items()},
+                "compile_seconds_estimate": first_call - stats["jdl"]["seconds"]},
+        "jdl_all_epochs_in_one_call": stats["jdl_one_call"],
+        "torch": {f"threads_{t}": {**stats[f"torch_threads_{t}"],
+                                   "final_loss": float(np.median(torch_finals[t]))}
+                  for t in torch_threads},
         "torch_threads_used_for_ratio": best_threads,
-        "speedup": torch_best["seconds"] / jdl_time,
-        "final_loss_relative_difference": abs(jdl_final - torch_best["final_loss"])
-        / torch_best["final_loss"],
+        "speedup": torch_best["seconds"] / stats["jdl"]["seconds"],
+        "speedup_best_of_repeats": torch_best["best_seconds"] / stats["jdl"]["best_seconds"],
+        "final_loss_relative_difference": abs(jdl_final - torch_final) / torch_final,
     }
 
     # --- restarts: both keep the one with the lowest validation loss ---------
@@ -217,33 +231,31 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
         return result
 
     start = time.perf_counter()
-    jdl_restarts()
-    restarts_first = time.perf_counter() - start
-    restarts_time, restarts_times = median_time(jdl_restarts, repeats)
     restarts_result = jdl_restarts()
-    torch.set_num_threads(best_threads)
+    restarts_first = time.perf_counter() - start
     inits = [init_fn(jt.split_restart_key(k)[0]) for k in keys]
     torch_val = []
 
     def torch_restarts():
+        torch.set_num_threads(best_threads)
         torch_val.clear()
         for p in inits:
             model = torch_model(p)
             torch_val.append(notes_loop(model, X, Y, lr=lr, batch_size=B, num_epochs=E,
                                         val=(X_val, Y_val))[1][-1])
 
-    torch_restarts_time, torch_restarts_times = median_time(torch_restarts, max(1, repeats // 2))
+    times = interleaved_times({"jdl": jdl_restarts, "torch": torch_restarts},
+                              max(2, repeats // 2))
+    jdl_stats, torch_stats = summary(times["jdl"], R * E), summary(times["torch"], R * E)
     out["restarts"] = {
-        "jdl": {"seconds": restarts_time, "model_epochs_per_second": R * E / restarts_time,
-                "times": restarts_times, "compile_and_first_run_seconds": restarts_first,
+        "jdl": {**jdl_stats, "compile_and_first_run_seconds": restarts_first,
                 "best_val_loss": float(np.min(restarts_result.val_losses)),
                 "median_val_loss": float(np.median(restarts_result.val_losses))},
-        "torch": {"seconds": torch_restarts_time,
-                  "model_epochs_per_second": R * E / torch_restarts_time,
-                  "times": torch_restarts_times, "threads": best_threads,
+        "torch": {**torch_stats, "threads": best_threads,
                   "best_val_loss": float(np.min(torch_val)),
                   "median_val_loss": float(np.median(torch_val))},
-        "speedup": torch_restarts_time / restarts_time,
+        "speedup": torch_stats["seconds"] / jdl_stats["seconds"],
+        "speedup_best_of_repeats": torch_stats["best_seconds"] / jdl_stats["best_seconds"],
     }
     torch.set_num_threads(best_threads)
     out["same_permutation_check"] = same_permutation_check(train, loss_fn, params, lr=lr,
@@ -255,21 +267,21 @@ def report(res: dict) -> None:
     one, rs, chk = res["one_model"], res["restarts"], res["same_permutation_check"]
     st = res["setup"]
     print(f"hidden {st['hidden']} ({st['params']} params), {st['examples']} examples, "
-          f"batch {st['batch_size']}, {st['epochs']} epochs")
+          f"batch {st['batch_size']}, {st['epochs']} epochs; medians of {st['repeats']} "
+          f"interleaved repeats")
     for k, v in one["torch"].items():
-        print(f"  torch ({k}): {v['epochs_per_second']:8.1f} epochs/s   final loss "
-              f"{v['final_loss']:.5f}")
-    print(f"  jdl fit:           {one['jdl']['epochs_per_second']:8.1f} epochs/s   final loss "
+        print(f"  torch ({k}): {v['per_second']:8.1f} epochs/s   final loss {v['final_loss']:.5f}")
+    print(f"  jdl fit:           {one['jdl']['per_second']:8.1f} epochs/s   final loss "
           f"{one['jdl']['final_loss']:.5f}   (compile + first run "
           f"{one['jdl']['compile_and_first_run_seconds']:.2f} s)")
-    print(f"  jdl, one call:     {one['jdl']['all_epochs_in_one_call']['epochs_per_second']:8.1f}"
-          " epochs/s")
-    print(f"  one model: {one['speedup']:.2f}x the notes' loop (goal >= 4x); final losses differ "
-          f"by {100 * one['final_loss_relative_difference']:.1f}% (different permutations)")
-    print(f"  {st['restarts']} restarts: jdl {rs['jdl']['model_epochs_per_second']:.1f} vs torch "
-          f"{rs['torch']['model_epochs_per_second']:.1f} model-epochs/s: {rs['speedup']:.2f}x "
-          f"(goal >= 20x); best val loss jdl {rs['jdl']['best_val_loss']:.5f}, torch "
-          f"{rs['torch']['best_val_loss']:.5f}")
+    print(f"  jdl, one call:     {one['jdl_all_epochs_in_one_call']['per_second']:8.1f} epochs/s")
+    print(f"  one model: {one['speedup']:.2f}x the notes' loop (best of repeats "
+          f"{one['speedup_best_of_repeats']:.2f}x; goal >= 4x); final losses differ by "
+          f"{100 * one['final_loss_relative_difference']:.1f}% (different permutations)")
+    print(f"  {st['restarts']} restarts: jdl {rs['jdl']['per_second']:.1f} vs torch "
+          f"{rs['torch']['per_second']:.1f} model-epochs/s: {rs['speedup']:.2f}x (best of "
+          f"repeats {rs['speedup_best_of_repeats']:.2f}x; goal >= 20x); best val loss jdl "
+          f"{rs['jdl']['best_val_loss']:.5f}, torch {rs['torch']['best_val_loss']:.5f}")
     print(f"  same permutations, {chk['epochs']} epochs: max |w_torch - w_jdl| = "
           f"{chk['max_abs_weight_difference']:.2e} (|w| <= {chk['max_abs_weight']:.2f})")
 
@@ -284,20 +296,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--torch-threads", type=int, nargs="+", default=[1],
+                        help="torch.set_num_threads values to try; the ratio uses the fastest")
     parser.add_argument("--quick", action="store_true", help="2 repeats, no sweep")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     common = dict(epochs=args.epochs, restarts=args.restarts, batch_size=args.batch_size,
-                  lr=args.lr)
+                  lr=args.lr, torch_threads=tuple(args.torch_threads))
     out = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
            "platform": platform.platform(), "jax": jax.__version__, "torch": torch.__version__,
-           "note": "CPU shared with other jobs while measured: numbers are noisy; torch runs "
-                   "with torch.set_num_threads(1) and (2); ratios use the faster",
+           "load_average_before": os.getloadavg(),
+           "note": "CPU (2 cores) shared with other jobs while measured: numbers are noisy; "
+                   "jdl and torch runs are interleaved so both see the same load; torch "
+                   f"runs with torch.set_num_threads in {args.torch_threads}, the ratio uses "
+                   "the fastest",
            "main": measure(args.hidden, repeats=repeats, **common), "sweep": []}
     report(out["main"])
     for hidden in ([] if args.quick else args.sweep):
         out["sweep"].append(measure(hidden, repeats=max(2, repeats // 2), **common))
         report(out["sweep"][-1])
+    out["load_average_after"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "gpu" if jax.default_backend() == "gpu" else "cpu"
     path = RESULTS / f"train_vs_torch_{suffix}.json"

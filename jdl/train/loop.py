@@ -9,8 +9,9 @@ The notes' PyTorch loop (a Python loop over the minibatches of a per-epoch
   inside the program (the data are arguments of the compiled call, never
   constants);
 - several epochs (``epochs_per_call``) run in one compiled call, a
-  ``fori_loop`` whose trip count is an argument, so the first call compiles
-  and every later one, of any length, reuses it; the loss log, validation
+  ``while_loop`` whose trip count is an argument (and which exits early when
+  the run stops), so the first call compiles and every later one, of any
+  length, reuses it; the loss log, validation
   metrics and early-stopping bookkeeping stay on the device until the call
   returns; the training state is donated, so it is updated in place;
 - epoch ``e`` draws its permutation and its dropout keys from
@@ -179,6 +180,7 @@ def train_step(loss_fn: Callable | StatefulLoss, optimizer: optax.GradientTransf
 
 
 def count_examples(fn_name: str, data: Any, what: str) -> int:
+    """The shared leading axis of ``data``'s arrays; ``ValueError`` if there is none."""
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{fn_name}: expected {what} with at least one array, got none")
@@ -263,8 +265,8 @@ def _chunk_fn(cfg: Config) -> Callable:
     """``chunk(run, num_epochs, data, val) -> (run, records)``: up to ``cfg.chunk`` epochs.
 
     ``num_epochs`` is a traced argument, so every call length shares one
-    compilation. Epochs after the run stopped are skipped; their records are
-    NaN (``bad_step`` -1).
+    compilation. The loop ends when the run stops (early stopping or a
+    non-finite loss); records of epochs not run stay NaN (``bad_step`` -1).
     """
     advance = _advance_fn(cfg)
 
