@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jdl import train as jt
+from jdl.hessian import learning_rates
 
 B1, B2, EPS, LR, BETA, WD = 0.9, 0.999, 1e-8, 0.1, 0.8, 0.01
 
@@ -110,6 +111,9 @@ def test_gradient_descent_contracts_at_the_predicted_rate():
     kappa = lam[-1] / lam[0]
     lr = 2 / (lam[0] + lam[-1])
     rate = (kappa - 1) / (kappa + 1)
+    predicted = learning_rates(lam[-1], lam[0])
+    np.testing.assert_allclose([predicted.optimal_step, predicted.contraction], [lr, rate],
+                               rtol=1e-12)
     # Along the extreme eigenvectors the contraction is exactly `rate` per step.
     vecs = np.linalg.eigh(a)[1]
     w0 = vecs[:, 0] + vecs[:, -1]
@@ -127,23 +131,25 @@ def test_gradient_descent_contracts_at_the_predicted_rate():
         assert worst > rate and slower[-1] > exact[-1]
 
 
-def test_learning_rates_agree_with_jdl_hessian_if_present():
-    hessian = pytest.importorskip("jdl.hessian")
-    if not hasattr(hessian, "learning_rates"):
-        pytest.skip("jdl.hessian.learning_rates is not written yet")
-    lam = np.linalg.eigvalsh(_quadratic(np.array([0.5, 2.0, 10.0])))
-    rates = hessian.learning_rates(lam[-1], lam[0])
+def test_jdl_hessian_learning_rates_predict_these_numbers():
+    """jdl.hessian.learning_rates gives the same limits and rates as eigvalsh does here."""
+    lam = np.linalg.eigvalsh(_quadratic(np.array([0.1, 0.5, 2.0, 10.0])))
     kappa = lam[-1] / lam[0]
-    values = np.concatenate([np.ravel(np.asarray(v, float)) for v in jax.tree.leaves(rates)])
-    for predicted in (2 / lam[-1], 2 / (lam[0] + lam[-1]), (kappa - 1) / (kappa + 1)):
-        assert np.min(np.abs(values - predicted)) < 1e-9 * max(1.0, predicted)
+    rates = learning_rates(lam[-1], lam[0], momentum=0.5)
+    np.testing.assert_allclose(
+        [rates.stable_limit, rates.optimal_step, rates.contraction, rates.heavy_ball_step,
+         rates.heavy_ball_momentum, rates.heavy_ball_rate, rates.momentum_stable_limit],
+        [2 / lam[-1], 2 / (lam[0] + lam[-1]), (kappa - 1) / (kappa + 1),
+         4 / (np.sqrt(lam[-1]) + np.sqrt(lam[0])) ** 2,
+         ((np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)) ** 2,
+         (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1), 3 / lam[-1]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("factor,diverges", [(0.98, False), (1.02, True)])
 def test_gradient_descent_diverges_above_two_over_lambda_max(factor, diverges):
     a = _quadratic(np.array([0.5, 1.0, 10.0]))
     lam = np.linalg.eigvalsh(a)
-    lr = factor * 2 / lam[-1]
+    lr = factor * learning_rates(lam[-1]).stable_limit
     w0 = np.linalg.eigh(a)[1][:, -1]
     norms, _ = _run_quadratic(jt.sgd(lr), a, w0, 200)
     # Along v_max the iterate is multiplied by (1 - lr λmax) each step.
@@ -151,15 +157,27 @@ def test_gradient_descent_diverges_above_two_over_lambda_max(factor, diverges):
     assert (norms[-1] > 1) == diverges
 
 
+@pytest.mark.parametrize("factor,diverges", [(0.97, False), (1.03, True)])
+def test_heavy_ball_diverges_above_its_stable_limit(factor, diverges):
+    """With momentum β the stable limit moves from 2/λmax to (2 + 2β)/λmax."""
+    a = _quadratic(np.array([0.5, 1.0, 10.0]))
+    lam = np.linalg.eigvalsh(a)
+    limit = learning_rates(lam[-1], momentum=0.6).momentum_stable_limit
+    norms, _ = _run_quadratic(jt.heavy_ball(factor * limit, 0.6), a, np.linalg.eigh(a)[1][:, -1],
+                              400)
+    assert (norms[-1] > 1) == diverges and (norms[-1] < 1e-2 or diverges)
+
+
 def test_heavy_ball_reaches_the_polyak_rate():
     a = _quadratic(np.array([0.1, 0.5, 2.0, 10.0]))
     lam = np.linalg.eigvalsh(a)
     kappa = lam[-1] / lam[0]
-    lr = 4 / (np.sqrt(lam[-1]) + np.sqrt(lam[0])) ** 2
-    beta = ((np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)) ** 2
+    predicted = learning_rates(lam[-1], lam[0])
+    lr, beta = predicted.heavy_ball_step, predicted.heavy_ball_momentum
     norms, _ = _run_quadratic(jt.heavy_ball(lr, beta), a, np.ones(4), 400)
     measured = (norms[399] / norms[199]) ** (1 / 200)
     polyak = (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)
+    np.testing.assert_allclose(predicted.heavy_ball_rate, polyak, rtol=1e-12)
     gd = (kappa - 1) / (kappa + 1)
     # At the optimum the iteration matrix has double eigenvalues (a factor t):
     # over 200 steps that adds at most 2^(1/200) - 1 = 0.35% to the rate.
