@@ -41,7 +41,8 @@ def test_layers_shapes_and_gradients(name, layer, shape):
 def test_upsample_is_nearest_neighbour():
     x = jnp.arange(6.0).reshape(1, 2, 3, 1)
     y, _ = models.upsample(2).apply({}, x)
-    np.testing.assert_array_equal(y[0, :, :, 0], np.kron(np.asarray(x[0, :, :, 0]), np.ones((2, 2))))
+    expected = np.kron(np.asarray(x[0, :, :, 0]), np.ones((2, 2)))
+    np.testing.assert_array_equal(y[0, :, :, 0], expected)
 
 
 def test_dense_autoencoder_is_the_notes_encode_and_decode():

@@ -108,7 +108,8 @@ def rotation_objective(loss_fn: Callable, max_angle: float = jnp.pi) -> Stateful
       an auto-encoder are the rotated images themselves.
     """
     if not callable(loss_fn):
-        raise TypeError(f"rotation_objective: expected a callable loss_fn, got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"rotation_objective: expected a callable loss_fn, got {type(loss_fn).__name__}")
     if max_angle < 0:
         raise ValueError(f"rotation_objective: expected max_angle >= 0, got {max_angle}")
 

@@ -193,7 +193,7 @@ def decode(model: Layer, params, z: ArrayLike) -> jax.Array:
 
 def dense_autoencoder(input_shape: Sequence[int], code: int, *,
                       activation: str = "relu") -> Layer:
-    """The notes' dense auto-encoder: ``z = relu(flatten(x) V + b)``, ``x_rec = (z W + a)`` reshaped.
+    """The notes' dense auto-encoder: ``z = relu(flatten(x) V + b)``, ``x_rec = reshape(z W + a)``.
 
     Args:
       input_shape: the per-example input shape, e.g. ``(64,)`` or ``(8, 8, 1)``.
@@ -349,7 +349,7 @@ def sparsity(code: ArrayLike, tol: float = 0.0) -> jax.Array:
 
 
 def reconstruction_objective(model: Layer, lam: float = 0.0):
-    """``loss_fn(params, x)``: the notes' reconstruction cost, plus ``lam * ||z||_1`` if ``lam > 0``.
+    """``loss_fn(params, x)``: the notes' reconstruction cost, plus ``lam * ||z||_1`` if ``lam>0``.
 
     ``(sum (x - x_rec)^2 + lam * sum |z|) / batch`` via
     :func:`jdl.losses.reconstruction` / :func:`jdl.losses.sparse_reconstruction`.

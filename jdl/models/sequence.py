@@ -210,7 +210,8 @@ def warm_up_h0(model: Layer, params, state, x: ArrayLike) -> dict:
             f"{fn_name}: expected a sequence_model with h0='warmup', got kind {model.kind!r} "
             f"with config {model.config}")
     if "h0" not in state:
-        raise ValueError(f"{fn_name}: expected a state with 'h0' (from init), got keys {sorted(state)}")
+        raise ValueError(
+            f"{fn_name}: expected a state with 'h0' (from init), got keys {sorted(state)}")
     rec = params["recurrent"]
     x = check_sequence(fn_name, x, rec["w_x"].shape[0])
     cell = model.config["cell"]
@@ -336,7 +337,9 @@ def hidden_gradient_norms(cell: str, params, x: ArrayLike, *, activation: str = 
 
 
 def rows_as_sequence(images: ArrayLike) -> jax.Array:
-    """Images read row by row: ``(batch, height, width[, channels])`` -> ``(batch, height, width*channels)``.
+    """Images read row by row: ``(batch, height, width[, channels])``.
+
+    The output is ``(batch, height, width * channels)``: one time step per row.
 
     Digits (8x8) become sequences of 8 time steps of 8 pixels.
 
