@@ -46,7 +46,7 @@ def _reference_by_permutations(f, x, background):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("background_rows, max_rows", [(None, 4096), (5, 3), (5, 4096)])
+@pytest.mark.parametrize("background_rows, max_rows", [(None, 4096), (5, 3)])
 def test_linear_model_is_exact(method, background_rows, max_rows):
     w = jnp.array([1.0, -2.0, 3.0, 0.5, 0.0])
     x = jax.random.normal(jax.random.key(1), (3, 5))
@@ -222,7 +222,7 @@ def test_bad_input_raises_clear_errors():
         shapley(lambda r: r.sum(), x, jnp.zeros(3), key=KEY)
     with pytest.raises(ValueError, match="use method='permutation'"):
         shapley(f, jnp.ones(21), jnp.zeros(21), method="exact")
-    with pytest.raises(ValueError, match="shapley: non-finite"):
+    with pytest.raises(ValueError, match="shapley: non-finite model outputs"):
         shapley(lambda r: jnp.log(r[:, 0] - 2.0), x, jnp.zeros(3), key=KEY)
     with pytest.raises(ValueError, match="must be even"):
         shapley(f, x, jnp.zeros(3), key=KEY, num_permutations=3)
@@ -241,3 +241,23 @@ def test_evaluation_count_matches_the_permutation_budget():
     result = shapley(lambda r: r.sum(1), x, jnp.zeros((3, 4)), key=KEY, num_permutations=6)
     assert result.num_evaluations == 2 * (6 * 3 * 3 + 1) + 3
     assert math.isclose(float(result.values.sum()), 8.0)
+
+
+@pytest.mark.parametrize("method, n, m, max_rows", [
+    ("permutation", 5, 3, 7), ("permutation", 9, 40, 16), ("exact", 4, 3, 10),
+    ("kernel", 3, 2, 5), ("permutation", 2, 1, 1)])
+def test_rows_per_model_call_stay_within_max_rows(method, n, m, max_rows):
+    seen = []
+
+    def f(rows):
+        seen.append(rows.shape[0])                  # recorded while tracing: static shapes
+        return jnp.tanh(rows).sum(1)
+
+    x = jax.random.normal(jax.random.key(23), (n, 4))
+    background = jax.random.normal(jax.random.key(24), (m, 4))
+    result = shapley(f, x, background, key=KEY, method=method, num_permutations=8,
+                     max_rows=max_rows)
+    assert seen and max(seen) <= max_rows
+    reference = shapley(lambda r: jnp.tanh(r).sum(1), x, background, key=KEY, method=method,
+                        num_permutations=8)
+    np.testing.assert_allclose(result.values, reference.values, atol=1e-12)

@@ -165,10 +165,14 @@ def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
         method=method, num_permutations=num_permutations, antithetic=antithetic,
         num_groups=num_groups, num_samples=num_samples, max_rows=max_rows)
     if not isinstance(finite, jax.core.Tracer) and not np.all(finite):
-        what = ("model outputs f(x)", "model outputs on the baseline",
-                "attributions")[int(np.argmin(np.asarray(finite)))]
-        raise ValueError(f"shapley: non-finite {what} (NaN or inf); check the model and the "
-                         f"inputs")
+        first = int(np.argmin(np.asarray(finite)))
+        if first == 3:
+            raise ValueError(
+                f"shapley: the KernelSHAP regression is singular for the sampled coalitions "
+                f"(non-finite values); increase num_samples (got {num_samples})")
+        what = ("f(x)", "the baseline", "the coalitions")[first]
+        raise ValueError(f"shapley: non-finite model outputs (NaN or inf) on {what}; check the "
+                         f"model and the inputs")
     n, m, g = x.shape[0], background.shape[0], num_groups
     one_output = prediction.ndim == 1
     per_instance = {"permutation": num_permutations * (g - 1) * m,
@@ -500,16 +504,16 @@ def _kernel(x, background, f, groups, key, prediction, base, *, num_groups, num_
     spread = jnp.einsum("ngh,nqhk->nqgk", proj, influence)
     count = influence.shape[1]
     std_error = spread.std(1, ddof=1) / math.sqrt(count) if count > 1 else None
-    return values, std_error
+    return values, std_error, jnp.all(jnp.isfinite(v))
 
 
 def _shapley_core(f, x, background, groups, key, *, method, num_permutations, antithetic,
                   num_groups, num_samples, max_rows):
-    out = getattr(jax.eval_shape(f, jax.ShapeDtypeStruct((2, x.shape[1]), x.dtype)), "shape", None)
-    if out is None or len(out) not in (1, 2) or out[0] != 2:
+    out = getattr(jax.eval_shape(f, jax.ShapeDtypeStruct((1, x.shape[1]), x.dtype)), "shape", None)
+    if out is None or len(out) not in (1, 2) or out[0] != 1:
         raise ValueError(
             f"shapley: expected f to map rows (n, {x.shape[1]}) to (n,) or (n, outputs), got "
-            f"output shape {out} for n=2")
+            f"output shape {out} for n=1")
     prediction = _evaluate_chunked(f, x, max_rows)                      # (n, k)
     base = _evaluate_chunked(f, background, max_rows).mean(0)           # (k,)
     if method == "exact":
@@ -520,10 +524,14 @@ def _shapley_core(f, x, background, groups, key, *, method, num_permutations, an
             x, background, f, groups, key, prediction, base, num_groups=num_groups,
             num_permutations=num_permutations, antithetic=antithetic, max_rows=max_rows)
     else:
-        values, std_error = _kernel(
+        values, std_error, outputs_finite = _kernel(
             x, background, f, groups, key, prediction, base, num_groups=num_groups,
             num_samples=num_samples, antithetic=antithetic, max_rows=max_rows)
-    finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in (prediction, base, values)])
+    values_finite = jnp.all(jnp.isfinite(values))
+    if method != "kernel":                 # values are sums of model outputs
+        outputs_finite = values_finite
+    finite = jnp.stack([jnp.all(jnp.isfinite(prediction)), jnp.all(jnp.isfinite(base)),
+                        outputs_finite, values_finite])
     return values, std_error, prediction.reshape((x.shape[0], *out[1:])), base, finite
 
 
