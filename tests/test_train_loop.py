@@ -271,3 +271,14 @@ def test_bad_input(kwargs, error, match):
             "key": jax.random.key(0), "quiet": True, **kwargs}
     with pytest.raises(error, match=match):
         jt.fit(mse_loss, _mlp_params(), args.pop("optimizer"), args.pop("train_data"), **args)
+
+
+def test_fit_infers_empty_state_for_a_loss_that_branches_on_train():
+    """model_state=None with a dropout model: ``train`` must stay a Python bool when inferring."""
+    model = nn.serial(nn.dense(4), nn.dropout(0.5), nn.dense(1))
+    _, params, _ = model.init(jax.random.key(0), (-1, 3))
+    loss = jt.model_loss(model, lambda y, t: jnp.mean((y - t) ** 2))
+    x = jax.random.normal(jax.random.key(1), (16, 3))
+    result = jt.fit(loss, params, optax.sgd(0.01), (x, x[:, :1]), epochs=2, batch_size=8,
+                       key=jax.random.key(2), quiet=True)
+    assert len(result.history["loss"]) == 2

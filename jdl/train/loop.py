@@ -436,7 +436,9 @@ def _default_model_state(fn_name, loss_fn, params, model_state, train_data, batc
         return {} if model_state is None else model_state
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype),
                          train_data)
-    _, state = jax.eval_shape(loss_fn.fn, params, {}, batch, jax.random.key(0), True)
+    # ``train`` stays a Python bool: losses may branch on it (dropout, batch norm).
+    _, state = jax.eval_shape(lambda p, b, k: loss_fn.fn(p, {}, b, k, True), params, batch,
+                              jax.random.key(0))
     if jax.tree.leaves(state):
         raise ValueError(
             f"{fn_name}: the loss returns a model state with arrays (batch norm?) but "
