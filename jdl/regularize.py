@@ -84,8 +84,8 @@ def weight_decay(rate: float, *, mask: Any = None) -> optax.GradientTransformati
     This is ``optax.add_decayed_weights`` (nothing re-implemented): chain it
     *before* the optimiser, ``optax.chain(weight_decay(1e-4), optax.sgd(lr))``,
     to get the SGD step ``w -= lr (g + rate w)``, the gradient step of the loss
-    plus :func:`l2_penalty` with the same ``rate`` (Krogh & Hertz, 1992). Chained
-    after an adaptive optimiser (``optax.chain(optax.adam(lr), weight_decay(r),
+    plus :func:`l2_penalty` with the same ``rate`` (Krogh & Hertz, 1992). Placed
+    after Adam's scaling (``optax.chain(optax.scale_by_adam(), weight_decay(r),
     optax.scale(-lr))``) it is decoupled decay instead, as ``optax.adamw``
     (Loshchilov & Hutter, 2019); the two differ for Adam.
 
