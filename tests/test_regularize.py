@@ -220,3 +220,13 @@ def test_lipschitz_bound_rejects_unknown_layers():
         regularize.lipschitz_bound(mlp, mlp.init(jax.random.key(0), (-1, 2))[1])
     with pytest.raises(ValueError, match="norm 'spectral' or 'frobenius'"):
         regularize.lipschitz_bound(MODEL, PARAMS, norm="mixed")
+
+
+def test_weight_decay_after_adam_scaling_is_adamw():
+    grads = jax.tree.map(lambda a: 0.1 * jnp.cos(a), PARAMS)
+    decoupled = optax.chain(optax.scale_by_adam(), regularize.weight_decay(0.1),
+                            optax.scale(-0.01))
+    adamw = optax.adamw(0.01, weight_decay=0.1)
+    mine = decoupled.update(grads, decoupled.init(PARAMS), PARAMS)[0]
+    theirs = adamw.update(grads, adamw.init(PARAMS), PARAMS)[0]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), mine, theirs)
