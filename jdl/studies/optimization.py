@@ -1221,3 +1221,216 @@ def robbins_monro(ctx, schedules=None):
         "The notes' rule (lr -> 0, Σ lr = ∞) did not predict which schedules converge here: "
         f"converging {converging}, rule {notes_ok}.",
         figures=[figure])
+
+
+# --- batch size -----------------------------------------------------------------------------------
+
+
+def _per_example_grads(loss_fn: Callable, params, x, y) -> jax.Array:
+    """``(examples, parameters)`` flattened gradients of ``loss_fn(params, (x_i, y_i))``."""
+    def one(xi, yi):
+        g = jax.grad(loss_fn)(params, (xi[None], yi[None]))
+        return jax.flatten_util.ravel_pytree(g)[0]
+
+    return jax.vmap(one)(x, y)
+
+
+def _noise_scale(grads: jax.Array) -> jax.Array:
+    """The simple gradient noise scale ``tr(Sigma) / |G|^2`` (McCandlish et al., 2018).
+
+    ``grads``: ``(examples, parameters)``. Minibatches much smaller than this
+    are noise-dominated; much larger ones waste examples.
+    """
+    mean = grads.mean(0)
+    return jnp.sum((grads - mean) ** 2, 1).mean() / jnp.sum(mean ** 2)
+
+
+def _digits_mlp_loss(hidden=32):
+    model = _mlp((hidden,), "tanh", 10)
+
+    def loss(params, batch):
+        return losses.softmax_cross_entropy(model.apply(params, batch[0])[0], batch[1])
+
+    return model, loss
+
+
+@study("opt.batch-variance", SECTION,
+       "Smaller batches offer regularization effects when necessary, Larger Batches = less "
+       "variance")
+def batch_variance(ctx, sampling="random"):
+    """Minibatch-gradient variance against batch size on digits, log-log slope.
+
+    ``sampling="sorted"``: batches are contiguous windows of the class-sorted
+    training set (not truly random), where the variance falls far slower.
+    """
+    key = ctx.key("opt.batch-variance")
+    k_data, k_init, k_draw = jax.random.split(key, 3)
+    ds = _digits(k_data)
+    order = np.argsort(np.asarray(ds.y_train), kind="stable")
+    x, y = ds.x_train[order], ds.y_train[order]  # class-sorted (for "sorted" sampling)
+    n = x.shape[0]
+    model, loss = _digits_mlp_loss()
+    sizes = [b for b in ctx.pick((1, 4, 16, 64), (1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                 (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)) if b <= n // 2]
+    draws = ctx.pick(32, 128, 512)
+
+    def measure(params, x, y, k):
+        grads = _per_example_grads(loss, params, x, y)
+        full = grads.mean(0)
+        total = jnp.sum((grads - full) ** 2, 1).mean()
+        errors = []
+        for i, b in enumerate(sizes):
+            kb = jax.random.fold_in(k, i)
+            if sampling == "random":  # the first b of a fresh permutation, per draw
+                idx = jax.vmap(lambda kk: jax.random.permutation(kk, n)[:b])(
+                    jax.random.split(kb, draws))
+            else:  # a contiguous window of the class-sorted data
+                start = jax.random.randint(kb, (draws,), 0, n - b + 1)
+                idx = start[:, None] + jnp.arange(b)
+            batch_grads = grads[idx].mean(1)
+            errors.append(jnp.sum((batch_grads - full) ** 2, 1).mean())
+        return jnp.stack(errors), total
+
+    params = jax.jit(lambda k: model.init(k, (-1, 64), F32)[1])(k_init)
+    errors, total = (np.asarray(a, np.float64) for a in _compile(measure, params, x, y, k_draw)(
+        params, x, y, k_draw))
+    b = np.asarray(sizes, np.float64)
+    predicted = total / b * (n - b) / (n - 1)  # sampling without replacement
+    small = b <= 64
+    slope = float(np.polyfit(np.log(b[small]), np.log(errors[small]), 1)[0])
+    ratio = errors / predicted
+    matches = bool(np.all(np.abs(ratio - 1) < 0.25))
+    verdict = HOLDS if -1.15 < slope < -0.85 and matches else CAVEAT if slope < -0.3 else FAILS
+    figure = _plot_lines(ctx, f"opt_batch_variance_{sampling}", sizes,
+                         {"measured E|g_B - G|^2": errors,
+                          "tr(Sigma)/B (n-B)/(n-1)": predicted},
+                         xlabel="batch size B", ylabel="gradient variance", logx=True, logy=True,
+                         title=f"digits, 64-32-10 tanh at init, {sampling} batches")
+    return Finding(
+        verdict=verdict,
+        summary=f"log-log slope {slope:.3f} for B <= 64; measured / formula "
+                f"{ratio.min():.2f}..{ratio.max():.2f}",
+        method=f"digits, 64-32-10 tanh MLP at its LeCun init; per-example gradients of all "
+               f"{n} training examples; for each B, {draws} minibatches "
+               f"({'the first B of a random permutation' if sampling == 'random' else 'contiguous windows of the class-sorted data'}), "
+               "E|g_B - G|^2 against the sampling-without-replacement formula.",
+        numbers={"batch_sizes": sizes, "variance": errors.tolist(),
+                 "formula": predicted.tolist(), "slope_small_batches": slope,
+                 "ratio_to_formula": ratio.tolist(), "trace_sigma": float(total)},
+        threshold="holds if the slope for B <= 64 is in [-1.15, -0.85] and every B is within "
+                  "25% of tr(Sigma)/B (n-B)/(n-1); caveat if the variance still falls (slope < "
+                  "-0.3); does not hold otherwise",
+        caveat="" if verdict == HOLDS else
+        "The variance falls like 1/B only for truly random batches: batches of correlated "
+        "examples (here contiguous runs of one class) average far less noise away, which is "
+        "why the notes weigh the cost of making batches truly random.",
+        figures=[figure])
+
+
+@study("opt.batch-phase", SECTION,
+       "During phase 1 we pick smaller batches because theyre highly correlated, During phase 2 "
+       "we can pick bigger ones.")
+def batch_phase(ctx, lr=0.1):
+    """The gradient noise scale ``tr(Sigma)/|G|^2`` (the useful batch size) along training.
+
+    Digits MLP, SGD. ``lr=0`` (no training) is a case with no phase 2.
+    """
+    key = ctx.key("opt.batch-phase")
+    k_data, k_init, k_run = jax.random.split(key, 3)
+    ds = _digits(k_data)
+    model, plain_loss = _digits_mlp_loss()
+
+    def record(params, config, ev):
+        del config
+        return {"noise_scale": _noise_scale(_per_example_grads(plain_loss, params, *ev))}
+
+    def at_start(params, config, ev, start):
+        del params
+        return record(start, config, ev)
+
+    epochs = ctx.pick(5, 30, 60)
+    _, hist, first = _train_lanes(
+        _ce_loss(model), lambda c: jt.sgd(c["lr"]),
+        lambda k, c: model.init(k, (-1, 64), F32)[1], {"lr": jnp.asarray([lr], F32)},
+        (ds.x_train, ds.y_train), epochs=epochs, batch_size=32, init_keys=k_init[None],
+        run_keys=k_run[None], eval_data=(ds.x_train, ds.y_train), record=record, final=at_start)
+    scale = np.concatenate([first["noise_scale"], hist["noise_scale"][0]])
+    growth = float(scale[-1] / scale[0])
+    verdict = HOLDS if growth > 4 else FAILS
+    figure = _plot_lines(ctx, "opt_batch_phase", np.arange(epochs + 1),
+                         {"tr(Sigma) / |G|^2": scale}, xlabel="epoch",
+                         ylabel="gradient noise scale (examples)", logy=True,
+                         title=f"digits, 64-32-10 tanh, SGD lr {lr}, batch 32")
+    return Finding(
+        verdict=verdict,
+        summary=f"gradient noise scale {scale[0]:.1f} examples at the start, {scale[-1]:.0f} "
+                f"after {epochs} epochs ({growth:.0f}x)",
+        method=f"digits, 64-32-10 tanh MLP, SGD lr {lr}, batch 32, {epochs} epochs; after every "
+               "epoch the simple noise scale B_noise = tr(Sigma)/|G|^2 of the per-example "
+               "gradients over the training set (McCandlish et al., 2018: batches well below "
+               "B_noise are noise-dominated, batches well above it waste examples).",
+        numbers={"noise_scale": scale.tolist(), "growth": growth,
+                 "train_loss": hist["loss"][0].tolist()},
+        threshold="holds if the noise scale grows > 4x from the start to the end of training",
+        caveat="" if verdict == HOLDS else
+        "The useful batch size did not grow: without progress toward a minimum there is no "
+        "noise-dominated phase 2 that a bigger batch would help.",
+        figures=[figure])
+
+
+@study("opt.batch-diversity", SECTION,
+       "For rich and diverse datasets we like a larger batch size in order to learn more, for "
+       "datasets with a lot of redundancies its okay to take smaller ones")
+def batch_diversity(ctx, mix=0.8):
+    """The gradient noise scale of digits against a redundant copy, after equal training.
+
+    The redundant copy moves each image ``mix`` of the way to its class mean
+    (examples of a class become alike); ``mix=0`` is digits itself.
+    """
+    key = ctx.key("opt.batch-diversity")
+    k_data, k_init, k_run = jax.random.split(key, 3)
+    ds = _digits(k_data)
+    x, y = ds.x_train, ds.y_train
+    means = jax.ops.segment_sum(x, y, 10) / jnp.bincount(y, length=10)[:, None]
+    x_red = (1 - mix) * x + mix * means[y]
+    model, plain_loss = _digits_mlp_loss()
+    seeds = ctx.pick(1, 2, 4)
+
+    def loss(params, config, idx, k):  # each lane trains on its own copy of the data
+        return plain_loss(params, (config["x"][idx], y[idx]))
+
+    def final(params, config, ev, start):
+        del ev
+        return {"start": _noise_scale(_per_example_grads(plain_loss, start, config["x"], y)),
+                "trained": _noise_scale(_per_example_grads(plain_loss, params, config["x"], y))}
+
+    epochs = ctx.pick(2, 5, 10)
+    lanes = 2 * seeds
+    _, hist, out = _train_lanes(
+        loss, lambda c: jt.sgd(0.1), lambda k, c: model.init(k, (-1, 64), F32)[1],
+        {"x": jnp.repeat(jnp.stack([x, x_red]), seeds, 0)}, jnp.arange(x.shape[0]),
+        epochs=epochs, batch_size=32,
+        init_keys=jnp.tile(jax.random.split(k_init, seeds), (2,)),
+        run_keys=jnp.stack([k_run] * lanes), final=final)
+    start = out["start"].reshape(2, seeds).mean(1)
+    trained = out["trained"].reshape(2, seeds).mean(1)
+    train_loss = hist["loss"][:, -1].reshape(2, seeds).mean(1)
+    ratio = float(trained[0] / trained[1])
+    verdict = HOLDS if ratio > 2 else FAILS
+    return Finding(
+        verdict=verdict,
+        summary=f"gradient noise scale after {epochs} epochs: {trained[0]:.0f} examples on "
+                f"digits vs {trained[1]:.0f} on the redundant copy ({ratio:.1f}x); at init "
+                f"{start[0]:.0f} vs {start[1]:.0f}",
+        method=f"digits training set against a redundant copy (each image {mix:.0%} of the way "
+               f"to its class mean); 64-32-10 tanh MLP, SGD lr 0.1, batch 32, {epochs} epochs, "
+               f"{seeds} seed(s); the noise scale tr(Sigma)/|G|^2 of the per-example gradients "
+               "(the batch size above which bigger batches stop paying off) at init and after "
+               "training.",
+        numbers={"noise_scale_init": start.tolist(), "noise_scale_trained": trained.tolist(),
+                 "ratio_trained": ratio, "final_train_loss": train_loss.tolist()},
+        threshold="holds if, after equal training, the diverse data's noise scale is > 2x the "
+                  "redundant data's",
+        caveat="" if verdict == HOLDS else
+        "The redundant copy needed as large a batch: the data were not more alike in their "
+        "gradients.")
