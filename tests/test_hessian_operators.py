@@ -62,10 +62,6 @@ def test_linear_regression_hessian_is_two_xtx_over_n():
     expected = 2 * x1.T @ x1 / 40
     np.testing.assert_allclose(hessian.hessian_matrix(linear_loss, params, (x, y)), expected,
                                rtol=1e-12, atol=1e-12)
-    eig = hessian.eigenvalues(linear_loss, params, (x, y), k=2, which="both",
-                              key=jax.random.key(0), tol=1e-10)
-    exact = np.linalg.eigvalsh(expected)
-    np.testing.assert_allclose(eig.values, [exact[-1], exact[-2], exact[0], exact[1]], rtol=1e-9)
 
 
 def test_logistic_regression_hessian():
@@ -173,11 +169,12 @@ class DropoutLoss:
 
 
 def test_determinism_guard_catches_dropout():
+    dropout_loss = DropoutLoss()
     with pytest.raises(ValueError, match="eigenvalues: the curvature operator is not determin"):
-        hessian.eigenvalues(DropoutLoss(), PARAMS, (X, Y), k=1, key=jax.random.key(0),
+        hessian.eigenvalues(dropout_loss, PARAMS, (X, Y), k=1, key=jax.random.key(0),
                             check_determinism=True)
     with pytest.raises(ValueError, match="trace: the curvature operator is not deterministic"):
-        hessian.trace(DropoutLoss(), PARAMS, (X, Y), key=jax.random.key(0), num_samples=4,
+        hessian.trace(dropout_loss, PARAMS, (X, Y), key=jax.random.key(0), num_samples=4,
                       check_determinism=True)
     # A pure loss passes the guard.
     result = hessian.lanczos(mlp_loss, PARAMS, (X, Y), num_steps=4, key=jax.random.key(0),

@@ -16,19 +16,16 @@ Y. Saad, "Numerical Methods for Large Eigenvalue Problems", 2011, ch. 6
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    LanczosState, basis_rows, check_key, check_steps, extend, init_state, inner, norm,
-    start_vectors)
+    LanczosState, basis_rows, check_key, check_steps, extend)
 from jdl.hessian.operators import Operator
 
 WHICH = ("largest", "smallest", "both")
@@ -38,13 +35,14 @@ class Eigen(NamedTuple):
     """Extreme eigenpairs of a curvature matrix.
 
     Attributes:
-      values: eigenvalues, shape ``(k,)`` (``(2k,)`` for ``which="both"``):
-        largest first in descending order, then (for "smallest"/"both") the
-        smallest in ascending order.
+      values: eigenvalues (the Rayleigh quotients ``v^T C v`` of the vectors),
+        shape ``(k,)`` (``(2k,)`` for ``which="both"``): largest first in
+        descending order, then (for "smallest"/"both") the smallest in
+        ascending order.
       vectors: unit eigenvectors as a pytree like params (or the block), each
         leaf with a leading axis of size ``len(values)``.
       residuals: ``||C v - lambda v||`` of each pair, computed with one
-        explicit product, shape ``(len(values),)``.
+        explicit product (one Lanczos step from ``v``), shape ``(len(values),)``.
       converged: ``residuals <= tol * ||C||`` (``||C||`` estimated by the
         largest Ritz value in magnitude), shape ``(len(values),)``.
       num_matvecs: curvature-vector products used (Lanczos steps of every run
@@ -60,33 +58,46 @@ class Eigen(NamedTuple):
     which: str
 
 
-@jax.jit
-def _start(key, locked):
-    """A random unit start vector orthogonal to the rows of ``locked`` ``(L, n)``, and a restart vector."""
-    v, restart = start_vectors(key, locked.shape[1], locked.dtype)
+def _start(key: jax.Array, locked: np.ndarray):
+    """A random unit start vector orthogonal to the rows of ``locked`` ``(L, n)``, and a restart vector.
+
+    Drawn on the host from the key's bits (the driver loop runs there): the
+    same key gives the same vectors, and no program is compiled for them.
+    """
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    v, restart = rng.standard_normal((2, locked.shape[1]))
     for _ in range(2):
-        v = v - inner(inner(locked, v), locked)
-    return v / norm(v), restart
+        v = v - (locked @ v) @ locked
+    return v / np.linalg.norm(v), restart
 
 
-@jax.jit
-def _combine(coefficients, basis):
-    """Ritz vectors ``coefficients^T basis`` of shape ``(r, n)`` from ``(rows, r)`` coefficients."""
-    return inner(coefficients.T, basis)
+def _rayleigh(operator: Operator, params, data, vector: np.ndarray, rows: int,
+              no_locked: jax.Array):
+    """``(v^T C v, ||C v - (v^T C v) v||)`` for a unit ``vector``: one Lanczos step from it.
+
+    Reuses the compiled Lanczos program (same shapes), so checking a Ritz pair
+    costs one product and no compilation.
+    """
+    state = extend(operator, params, data, _host_state(vector, rows, vector, no_locked.dtype),
+                   no_locked, 1)
+    return float(np.asarray(state.alphas)[0]), float(np.asarray(state.betas)[0])
 
 
-@functools.partial(jax.jit, static_argnames=("operator",))
-def _residuals(operator: Operator, params, data, vectors, values):
-    matvec, _, unravel = operators.matvec_fn(operator, params, data)
-    products = lax.map(matvec, vectors)
-    residuals = jnp.sqrt(jnp.sum(jnp.square(products - values[:, None] * vectors), axis=1))
-    return residuals, jax.vmap(unravel)(vectors)
+def _host_state(v0: np.ndarray, rows: int, restart: np.ndarray, dtype) -> LanczosState:
+    """:func:`init_state` built on the host (no small programs compiled for it)."""
+    basis = np.zeros((rows, v0.shape[0]), dtype)
+    basis[0] = v0
+    zeros = np.zeros(rows, dtype)
+    return LanczosState(jnp.asarray(basis), jnp.asarray(v0, dtype),
+                        jnp.asarray(np.zeros_like(basis[0])), jnp.asarray(zeros),
+                        jnp.asarray(zeros), jnp.asarray(0, jnp.int32),
+                        jnp.asarray(0, dtype), jnp.asarray(restart, dtype))
 
 
 def _tridiagonal_eigh(state: LanczosState, m: int):
     """Ritz values (ascending), ``T``'s eigenvectors and residual estimates, in float64 on the host."""
-    alphas = np.asarray(state.alphas[:m], np.float64)
-    betas = np.asarray(state.betas[:m], np.float64)
+    alphas = np.asarray(state.alphas, np.float64)[:m]
+    betas = np.asarray(state.betas, np.float64)[:m]
     t = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
     values, vectors = np.linalg.eigh(t)
     return values, vectors, np.abs(betas[-1] * vectors[-1, :])
@@ -114,14 +125,17 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, wan
 
     Returns:
       ``(pairs, converged, steps, scale)`` where ``pairs[side]`` is a list of
-      ``(value, vector (n,))`` and ``scale`` the updated ``||C||`` estimate.
+      ``(value, vector)`` with float64 vectors of shape ``(n,)``, and ``scale``
+      the updated ``||C||`` estimate.
     """
     v0, restart = _start(key, locked)
-    state = init_state(v0, rows, restart)
+    dtype = operators.flat_dtype(params, operator.block)
+    locked_device = jnp.asarray(locked, dtype)
+    state = _host_state(v0, rows, restart, dtype)
     need = sum(want.values())
     stop = min(limit, max(20, 3 * need))
     while True:
-        state = extend(operator, params, data, state, locked, stop)
+        state = extend(operator, params, data, state, locked_device, stop)
         operators.check_finite(fn_name, "Hessian-vector product (Lanczos coefficient)",
                                (state.alphas, state.betas))
         values, vectors_t, estimates = _tridiagonal_eigh(state, stop)
@@ -135,9 +149,7 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, wan
                 _beyond(side, values[idx[0]], boundary[side]) for side, idx in picked.items()):
             break
         stop = min(limit, stop + 10)
-    coefficients = np.zeros((state.basis.shape[0], len(indices)), vectors_t.dtype)
-    coefficients[:stop] = vectors_t[:, indices]
-    ritz_vectors = _combine(jnp.asarray(coefficients, state.basis.dtype), state.basis)
+    ritz_vectors = vectors_t[:, indices].T @ np.asarray(state.basis, np.float64)[:stop]
     pairs, position = {}, 0
     for side, idx in picked.items():
         pairs[side] = [(float(values[j]), ritz_vectors[position + r]) for r, j in enumerate(idx)]
@@ -220,8 +232,10 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
     sides = ("largest", "smallest") if which == "both" else (which,)
     rows = basis_rows(max_steps)
     dtype = operators.flat_dtype(params, operator.block)
-    capacity = 2 * k * len(sides) + 1
-    locked = jnp.zeros((capacity, n), dtype)
+    # Room for the wanted pairs and the missed copies; at least 32 rows, so that calls
+    # with different k share one compiled program.
+    capacity = max(32, 2 * k * len(sides) + 1)
+    locked = np.zeros((capacity, n))
     found: dict[str, list] = {side: [] for side in sides}
     num_locked, matvecs, scale, run = 0, 0, 0.0, 0
 
@@ -232,7 +246,7 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
     for side in sides:
         for value, vector in pairs[side]:
             found[side].append((value, vector))
-            locked = locked.at[num_locked].set(vector)
+            locked[num_locked] = vector
             num_locked += 1
 
     budget = steps
@@ -250,25 +264,27 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
             value, vector = pairs[side][0]
             if _beyond(side, value, boundary[side]) and num_locked < capacity:
                 found[side].append((value, vector))
-                locked = locked.at[num_locked].set(vector)
+                locked[num_locked] = vector
                 num_locked += 1
                 missed = True
         if not missed:
             break
 
-    values, vectors = [], []
+    vectors = []
     for side in sides:
         ranked = sorted(found[side], key=lambda pair: pair[0], reverse=side == "largest")[:k]
-        values += [v for v, _ in ranked]
-        vectors += [vec for _, vec in ranked]
-    values = jnp.asarray(values, dtype)
-    residuals, tree = _residuals(operator, params, prepared, jnp.stack(vectors), values)
+        vectors += [vec / np.linalg.norm(vec) for _, vec in ranked]
+    no_locked = jnp.asarray(np.zeros((capacity, n), dtype))
+    checked = np.array([_rayleigh(operator, params, prepared, vec, rows, no_locked)
+                        for vec in vectors])
     matvecs += len(vectors)
-    operators.check_finite(fn_name, "eigenvalue or residual", (values, residuals))
-    converged = residuals <= tol * scale
-    if not bool(jnp.all(converged)):
+    operators.check_finite(fn_name, "eigenvalue or residual", checked)
+    values, residuals = jnp.asarray(checked[:, 0], dtype), jnp.asarray(checked[:, 1], dtype)
+    converged = checked[:, 1] <= tol * scale
+    if not np.all(converged):
         warnings.warn(
-            f"{fn_name}: {int(jnp.sum(~converged))} of {len(vectors)} eigenpairs did not reach "
+            f"{fn_name}: {int(np.sum(~converged))} of {len(vectors)} eigenpairs did not reach "
             f"tol={tol} within max_steps={max_steps} (largest residual "
-            f"{float(jnp.max(residuals)):.3g}, ||C|| ~ {scale:.3g})", RuntimeWarning, stacklevel=2)
-    return Eigen(values, tree, residuals, converged, matvecs, which)
+            f"{checked[:, 1].max():.3g}, ||C|| ~ {scale:.3g})", RuntimeWarning, stacklevel=2)
+    tree = operators.unravel_rows(operators.select(params, operator.block), np.stack(vectors))
+    return Eigen(values, tree, residuals, jnp.asarray(converged), matvecs, which)

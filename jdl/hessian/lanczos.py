@@ -96,26 +96,28 @@ def norm(w):
     return jnp.sqrt(inner(w, w))
 
 
-def _project_out(w, basis, count, locked):
-    """One block Gram-Schmidt pass: ``w`` minus its parts along ``basis[:count]`` and ``locked``."""
+def _project_out(rows, basis, count, locked):
+    """One block Gram-Schmidt pass on ``rows`` ``(r, n)``: remove ``basis[:count]`` and ``locked``."""
+    def remove(rows, block):
+        return rows - inner(inner(rows, block.T), block)
+
     if locked is not None:
-        w = w - inner(inner(locked, w), locked)
+        rows = remove(rows, locked)
     if basis is None:
-        return w
+        return rows
 
-    def body(j, w):
-        block = lax.dynamic_slice_in_dim(basis, j * BLOCK_ROWS, BLOCK_ROWS, axis=0)
-        return w - inner(inner(block, w), block)
+    def body(j, rows):
+        return remove(rows, lax.dynamic_slice_in_dim(basis, j * BLOCK_ROWS, BLOCK_ROWS, axis=0))
 
-    return lax.fori_loop(0, (count + BLOCK_ROWS - 1) // BLOCK_ROWS, body, w)
+    return lax.fori_loop(0, (count + BLOCK_ROWS - 1) // BLOCK_ROWS, body, rows)
 
 
-def _orthogonalize(w, basis, count, locked):
-    """Project ``w`` out of the basis, a second time if its norm dropped below ``1/sqrt(2)``."""
-    before = norm(w)
-    w = _project_out(w, basis, count, locked)
-    return lax.cond(norm(w) < 0.7 * before,
-                    lambda w: _project_out(w, basis, count, locked), lambda w: w, w)
+def _orthogonalize(rows, basis, count, locked):
+    """Project ``rows`` ``(r, n)`` out of the basis, twice if a norm dropped below ``1/sqrt(2)``."""
+    before = jnp.linalg.norm(rows, axis=1)
+    rows = _project_out(rows, basis, count, locked)
+    dropped = jnp.any(jnp.linalg.norm(rows, axis=1) < 0.7 * before)
+    return lax.cond(dropped, lambda r: _project_out(r, basis, count, locked), lambda r: r, rows)
 
 
 def _step(matvec: Callable, state: LanczosState, locked) -> LanczosState:
@@ -127,22 +129,18 @@ def _step(matvec: Callable, state: LanczosState, locked) -> LanczosState:
     w = matvec(v)
     alpha = inner(v, w)
     w = w - alpha * v - beta_prev * v_prev
+    # A fresh direction, orthogonalised with w (one pass over the basis for both), taken
+    # when the Krylov space is exhausted (breakdown).
+    r = jnp.roll(state.restart, i)
+    pair = jnp.stack([w, r - inner(r, v) * v - inner(r, v_prev) * v_prev])
     if state.basis is not None or locked is not None:
-        w = _orthogonalize(w, state.basis, i + 1, locked)
+        pair = _orthogonalize(pair, state.basis, i + 1, locked)
+    w, r = pair[0], pair[1]
     beta = norm(w)
     anorm = jnp.maximum(state.anorm, jnp.abs(alpha) + beta + beta_prev)
     breakdown = beta <= 10 * jnp.finfo(dtype).eps * anorm
-
-    def restart(_):
-        # The Krylov space is invariant: continue from a random vector orthogonal to it.
-        r = jnp.roll(state.restart, i)
-        if state.basis is None:
-            r = _project_out(r - inner(r, v) * v - inner(r, v_prev) * v_prev, None, 0, locked)
-        else:
-            r = _orthogonalize(r, state.basis, i + 1, locked)
-        return r / jnp.maximum(norm(r), jnp.finfo(dtype).tiny)
-
-    v_next = lax.cond(breakdown, restart, lambda _: w / beta, None)
+    v_next = jnp.where(breakdown, r / jnp.maximum(norm(r), jnp.finfo(dtype).tiny),
+                       w / jnp.where(breakdown, 1, beta))
     basis = state.basis
     if basis is not None:
         basis = basis.at[i + 1].set(v_next, mode="drop")

@@ -404,3 +404,19 @@ def param_count(params: Any, block: tuple | None = None) -> int:
 def flat_dtype(params: Any, block: tuple | None = None):
     """The dtype of the flat vectors: the common float dtype of the (block's) leaves."""
     return jnp.result_type(*jax.tree.leaves(select(params, block)))
+
+
+def unravel_rows(params: Any, rows: np.ndarray) -> Any:
+    """Flat vectors ``rows`` ``(k, n)`` as a pytree like ``params`` with leaves ``(k, *leaf.shape)``.
+
+    The inverse of :func:`jax.flatten_util.ravel_pytree` applied row by row,
+    on the host; each leaf gets its parameter's dtype.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    out, offset = [], 0
+    for leaf in leaves:
+        size = int(np.size(leaf))
+        block = rows[:, offset:offset + size].reshape((rows.shape[0], *np.shape(leaf)))
+        out.append(jnp.asarray(block, jnp.result_type(leaf)))
+        offset += size
+    return jax.tree.unflatten(treedef, out)
