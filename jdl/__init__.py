@@ -5,11 +5,12 @@ jit/vmap-batched attribution, built from the course notes in ``NOTES.md``.
 """
 
 from jdl import (
-    attribution, backprop, data, hessian, losses, nn, parallel, shapes, train)
+    adversarial, attribution, backprop, data, hessian, losses, models, nn, parallel, regularize,
+    shapes, train)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "attribution", "backprop", "data", "hessian", "losses", "nn", "parallel",
-    "shapes", "train",
+    "__version__", "adversarial", "attribution", "backprop", "data", "hessian", "losses",
+    "models", "nn", "parallel", "regularize", "shapes", "train",
 ]
