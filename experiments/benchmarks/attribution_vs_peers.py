@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
 import time
@@ -44,13 +45,27 @@ from jdl import attribution, data, nn  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
+CLOCKS = ("wall", "cpu")
+
+
+def _timed(fn, repeats: int) -> dict:
+    """Median seconds of ``fn()`` by the wall clock and by this process's CPU time.
+
+    The CPU time (all threads) is the steadier number on a machine shared with
+    other jobs; on an idle machine with every core busy the two agree up to the
+    number of cores.
+    """
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+def _rates(count: float, seconds: dict) -> dict:
+    return {clock: count / seconds[clock] for clock in CLOCKS}
 
 
 # ---------------------------------------------------------------- Shapley
@@ -117,16 +132,18 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     torch.manual_seed(0)
     captum_values = run_captum()
     captum_rows = tmodel.rows
-    captum_seconds = _median_time(run_captum, repeats)
+    captum_seconds = _timed(run_captum, repeats)
     budget = captum_rows / n                                   # model rows per instance
 
     # jdl: antithetic permutations with at most the same rows per instance
     perms = int((budget - 1) // (d - 1)) // 2 * 2
     key = jax.random.key(2)
-    run_jdl = lambda: attribution.shapley(f, x, baseline, key=key, num_permutations=perms)  # noqa: E731
+    def run_jdl():
+        return attribution.shapley(f, x, baseline, key=key, num_permutations=perms)
+
     result = run_jdl()
     result.values.block_until_ready()
-    jdl_seconds = _median_time(lambda: run_jdl().values.block_until_ready(), repeats)
+    jdl_seconds = _timed(lambda: run_jdl().values.block_until_ready(), repeats)
     jdl_rows = result.num_evaluations
 
     # the model's own forward pass on as many rows, rows already in memory, jitted: in
@@ -139,9 +156,9 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     forward_seconds = {}
     for name, fn in (("one call", whole), (f"calls of {chunk} rows", chunked)):
         fn(f.args[0], rows).block_until_ready()
-        forward_seconds[name] = _median_time(
-            lambda: fn(f.args[0], rows).block_until_ready(), repeats) * jdl_rows / rows.shape[0]
-    best_forward = min(forward_seconds.values())
+        timing = _timed(lambda: fn(f.args[0], rows).block_until_ready(), repeats)
+        forward_seconds[name] = {c: t * jdl_rows / rows.shape[0] for c, t in timing.items()}
+    best_forward = {c: min(t[c] for t in forward_seconds.values()) for c in CLOCKS}
 
     # shap: row by row, max_evals = the same budget per row
     def masked_model(batch):
@@ -152,9 +169,10 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     explainer(x[:1], max_evals=int(budget), silent=True)          # warm-up
     tmodel.rows = 0
     np.random.seed(0)
-    started = time.perf_counter()
-    shap_values = explainer(x[:n_shap], max_evals=int(budget), silent=True).values
-    shap_seconds = time.perf_counter() - started
+    shap_values = []
+    shap_seconds = _timed(lambda: shap_values.append(
+        explainer(x[:n_shap], max_evals=int(budget), silent=True).values), 1)
+    shap_values = shap_values[0]
     shap_rows = tmodel.rows
 
     def rmse(values, rows=slice(None)):
@@ -166,10 +184,12 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
         "rows_per_instance": {"captum": captum_rows / n, "jdl": jdl_rows / n,
                               "shap": shap_rows / n_shap},
         "jdl_permutations_antithetic": perms, "captum_n_samples": captum_samples,
-        "rows_per_second": {"jdl": jdl_rows / jdl_seconds, "captum": captum_rows / captum_seconds,
-                            "shap": shap_rows / shap_seconds,
-                            "model_forward": jdl_rows / best_forward},
-        "model_forward_rows_per_second": {k: jdl_rows / v for k, v in forward_seconds.items()},
+        "rows_per_second": {"jdl": _rates(jdl_rows, jdl_seconds),
+                            "captum": _rates(captum_rows, captum_seconds),
+                            "shap": _rates(shap_rows, shap_seconds),
+                            "model_forward": _rates(jdl_rows, best_forward)},
+        "model_forward_rows_per_second": {k: _rates(jdl_rows, v)
+                                          for k, v in forward_seconds.items()},
         "seconds": {"jdl": jdl_seconds, "captum": captum_seconds,
                     f"shap ({n_shap} instances)": shap_seconds, "model_forward": best_forward},
         "rmse_vs_exact": {"jdl": rmse(result.values), "captum": rmse(captum_values),
@@ -181,9 +201,8 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     }
     rps = out["rows_per_second"]
     out["ratios"] = {
-        "jdl_over_captum_rows_per_second": rps["jdl"] / rps["captum"],
-        "jdl_over_shap_rows_per_second": rps["jdl"] / rps["shap"],
-        "jdl_over_model_forward": rps["jdl"] / rps["model_forward"],
+        **{f"jdl_over_{peer}_rows_per_second_{clock}": rps["jdl"][clock] / rps[peer][clock]
+           for peer in ("captum", "shap", "model_forward") for clock in CLOCKS},
         "captum_rmse_over_jdl_rmse": out["rmse_vs_exact"]["captum"] / out["rmse_vs_exact"]["jdl"],
     }
     return out
@@ -248,7 +267,7 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
     pool = jnp.concatenate([ds.x_train, ds.x_val, ds.x_test]).astype(jnp.float32)
     x32 = pool[jnp.arange(batch) % pool.shape[0]]
     explain(p32, x32).relevance.block_until_ready()
-    jdl_seconds = _median_time(lambda: explain(p32, x32).relevance.block_until_ready(), repeats)
+    jdl_seconds = _timed(lambda: explain(p32, x32).relevance.block_until_ready(), repeats)
     tmodel = _torch_cnn(params, torch.float32)
     x_t = torch.from_numpy(np.ascontiguousarray(np.asarray(x32).transpose(0, 3, 1, 2)))
     with torch.no_grad():
@@ -259,19 +278,21 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
             attributor(x_t.clone().requires_grad_(), lambda out: out * onehot)
 
     run_zennit()
-    zennit_seconds = _median_time(run_zennit, repeats)
+    zennit_seconds = _timed(run_zennit, repeats)
     forward = jax.jit(lambda p, v: model.apply(p, v)[0])
     forward(p32, x32).block_until_ready()
-    forward_seconds = _median_time(lambda: forward(p32, x32).block_until_ready(), repeats)
+    forward_seconds = _timed(lambda: forward(p32, x32).block_until_ready(), repeats)
     return {
         "model": "CNN conv8-relu-maxpool-conv16-relu-flatten-dense10 on 8x8 digits",
-        "composite": "EpsilonGammaBox(low=0, high=1): z^B first conv, gamma 0.25 conv, eps 1e-6 dense",
+        "composite": "EpsilonGammaBox(low=0, high=1): z^B first conv, gamma 0.25 conv, "
+                     "eps 1e-6 dense",
         "float64_max_abs_difference": max_abs_diff, "float64_max_abs_relevance": scale,
         "float64_relative_difference": max_abs_diff / scale,
         "batch": batch,
-        "images_per_second": {"jdl": batch / jdl_seconds, "zennit": batch / zennit_seconds,
-                              "jdl_forward_only": batch / forward_seconds},
-        "ratios": {"jdl_over_zennit": zennit_seconds / jdl_seconds},
+        "images_per_second": {"jdl": _rates(batch, jdl_seconds),
+                              "zennit": _rates(batch, zennit_seconds),
+                              "jdl_forward_only": _rates(batch, forward_seconds)},
+        "ratios": {f"jdl_over_zennit_{c}": zennit_seconds[c] / jdl_seconds[c] for c in CLOCKS},
     }
 
 
@@ -284,7 +305,8 @@ def main() -> None:
     device = jax.devices()[0]
     report = {
         "platform": device.platform, "device": str(device.device_kind),
-        "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0],
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
         "shapley": shapley_benchmark(**sizes),
         "lrp": lrp_benchmark(batch=256 if args.quick else 1024, repeats=sizes["repeats"]),
@@ -293,7 +315,7 @@ def main() -> None:
     print(f"Shapley ({s['instances']} instances x {s['features']} features, "
           f"~{s['rows_per_instance']['jdl']:.0f} model rows each):")
     for name, value in s["rows_per_second"].items():
-        print(f"  {name:14s} {value:14,.0f} rows/s")
+        print(f"  {name:14s} {value['wall']:14,.0f} rows/s wall  {value['cpu']:14,.0f} rows/cpu-s")
     for name, value in s["rmse_vs_exact"].items():
         print(f"  RMSE vs exact {name:24s} {value:.5f}")
     for name, value in s["ratios"].items():
@@ -302,8 +324,10 @@ def main() -> None:
           f"{lr['float64_max_abs_difference']:.2e} (relevances up to "
           f"{lr['float64_max_abs_relevance']:.2e})")
     for name, value in lr["images_per_second"].items():
-        print(f"  {name:18s} {value:12,.0f} images/s")
-    print(f"  jdl_over_zennit {lr['ratios']['jdl_over_zennit']:.2f}")
+        print(f"  {name:18s} {value['wall']:12,.0f} images/s wall  {value['cpu']:12,.0f} "
+              f"images/cpu-s")
+    for name, value in lr["ratios"].items():
+        print(f"  {name:36s} {value:10.2f}")
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"attribution_vs_peers_{device.platform}.json"

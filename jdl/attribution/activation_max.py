@@ -59,7 +59,7 @@ def l2_prior(weight: float) -> Partial:
 
 
 def total_variation_prior(weight: float, eps: float = 1e-6) -> Partial:
-    """``log p(x) = -weight * sum_ij sqrt(dy^2 + dx^2 + eps)`` for images ``(height, width, channels)``."""
+    """``log p(x) = -weight * sum_ij sqrt(dy^2 + dx^2 + eps)``, images ``(height, width, channels)``."""
     if not weight >= 0 or not eps > 0:
         raise ValueError(f"total_variation_prior: expected weight >= 0 and eps > 0, got "
                          f"{weight!r}, {eps!r}")
@@ -67,7 +67,7 @@ def total_variation_prior(weight: float, eps: float = 1e-6) -> Partial:
 
 
 def gaussian_prior(data, weight: float = 1.0, shrinkage: float = 0.1) -> Partial:
-    """A Gaussian ``N(mean, cov)`` fitted to ``data``: ``log p(x) = -weight/2 (x - mu)^T cov^-1 (x - mu)``.
+    """A Gaussian fitted to ``data``: ``log p(x) = -weight/2 (x - mu)^T cov^-1 (x - mu)``.
 
     The covariance is shrunk towards its mean variance,
     ``(1 - shrinkage) cov + shrinkage * mean(diag cov) * I``
@@ -88,7 +88,8 @@ def gaussian_prior(data, weight: float = 1.0, shrinkage: float = 0.1) -> Partial
     mean = flat.mean(0)
     cov = np.cov(flat, rowvar=False)
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
-    return Partial(_gaussian, jnp.asarray(weight), jnp.asarray(mean), jnp.asarray(np.linalg.inv(cov)))
+    precision = np.linalg.inv(cov)
+    return Partial(_gaussian, jnp.asarray(weight), jnp.asarray(mean), jnp.asarray(precision))
 
 
 class ActivationMaximum(NamedTuple):

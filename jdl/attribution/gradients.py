@@ -122,7 +122,7 @@ def _quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 def integrated_gradients(model: Layer, params, x, baseline=None, *, steps: int = 32,
                          method: str = "gauss_legendre", state=None,
                          target=None) -> IntegratedGradients:
-    """Integrated gradients ``(x - b) * int_0^1 grad f_c(b + t (x - b)) dt`` (Sundararajan et al. 2017).
+    """Integrated gradients ``(x - b) * int_0^1 grad f_c(b + t (x - b)) dt`` (Sundararajan 2017).
 
     Args:
       model, params: a jdl model and its params; ``state`` its state if any.
@@ -170,7 +170,7 @@ def integrated_gradients(model: Layer, params, x, baseline=None, *, steps: int =
 def smoothgrad(model: Layer, params, x, *, key: jax.Array, num_samples: int = 32,
                noise: float = 0.15, times_input: bool = False, state=None,
                target=None) -> jax.Array:
-    """SmoothGrad: the gradient averaged over Gaussian-perturbed copies of ``x`` (Smilkov et al. 2017).
+    """SmoothGrad: the gradient averaged over noisy copies of ``x`` (Smilkov et al. 2017).
 
     Args:
       model, params: a jdl model and its params; ``state`` its state if any.

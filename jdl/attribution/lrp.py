@@ -229,7 +229,8 @@ def layer_names(model: Layer) -> tuple[str, ...]:
     return tuple(path for path, _ in _walk(model))
 
 
-def rules_of(model: Layer, composite: Composite | Rule | None = None) -> tuple[tuple[str, Rule], ...]:
+def rules_of(model: Layer,
+             composite: Composite | Rule | None = None) -> tuple[tuple[str, Rule], ...]:
     """The rule each dense/conv layer gets: ``((layer name, rule), ...)`` in forward order."""
     composite = by_position() if composite is None else composite
     if isinstance(composite, Rule):

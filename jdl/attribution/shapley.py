@@ -82,8 +82,8 @@ def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
       baseline: one reference ``(d,)`` or a background set ``(m, d)``
         (interventional mean over its rows).
       key: PRNG key for the sampled methods (``None`` is fine for ``exact``).
-        Instance ``i`` draws from ``fold_in(key, i)``, so its values do not
-        depend on the batch it is in or on how the work is chunked.
+        Instance ``i`` draws from ``fold_in(key, i)``, so the values do not
+        depend on ``max_rows`` or on how the batch is sharded over devices.
       num_permutations: permutations per instance (``permutation``); for
         ``kernel`` it sets the default budget.
       antithetic: ``permutation``: pair each permutation with its reverse
@@ -279,7 +279,7 @@ def _plan(n: int, m: int, num_units: int, max_rows: int, align: int = 1) -> _Pla
 
 
 def _expand(group_masks: jax.Array, groups: jax.Array | None) -> jax.Array:
-    """Feature masks ``(..., d)`` from group masks ``(..., g)`` (identity when ``groups`` is None)."""
+    """Feature masks ``(..., d)`` from group masks ``(..., g)``; ``groups`` None: the same."""
     return group_masks if groups is None else jnp.take(group_masks, groups, axis=-1)
 
 
@@ -452,7 +452,7 @@ def _exact(x, background, f, groups, prediction, *, num_groups, max_rows):
 
 
 def _kernel_weights(g: int) -> np.ndarray:
-    """P(|S| = s) for ``s = 1 .. g - 1`` under the Shapley kernel: proportional to ``1 / (s (g - s))``."""
+    """P(|S| = s), ``s = 1 .. g - 1``, under the Shapley kernel: ``~ 1 / (s (g - s))``."""
     s = np.arange(1, g)
     p = 1.0 / (s * (g - s))
     return p / p.sum()
