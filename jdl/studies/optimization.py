@@ -1548,3 +1548,99 @@ def batch_regularise(ctx, sizes=(8, 32, 128, 512), lr=0.05, label_noise=0.0):
         "at tuned rates, and largely disappears when the learning rate is scaled with the "
         "batch size.",
         figures=[figure])
+
+
+@study("opt.batch-second-order", SECTION,
+       "larger batches offer less errors in estimations of gradients especially in second order "
+       "updating methods")
+def batch_second_order(ctx, sizes=None, damping=1e-3, ridge=1e-2):
+    """Minibatch errors of the gradient, the Hessian (jdl.hessian), its top eigenvalue and
+    the Newton step, against batch size (logistic regression on breast_cancer).
+
+    ``damping``: the Newton step solves ``(H + damping * lambda_max I) d = g``;
+    a large damping turns it into a scaled gradient step. ``ridge``: an L2
+    penalty that keeps the optimum finite (the classes are nearly separable).
+    """
+    from jdl import hessian
+
+    key = ctx.key("opt.batch-second-order")
+    k_data, k_draw = jax.random.split(key)
+    ds, x, _, _ = _standardized("breast_cancer", k_data, dtype=jnp.float64)
+    y = ds.y_train.astype(jnp.float64)
+    n = x.shape[0]
+    sizes = [b for b in (sizes or ctx.pick((8, 32, 128), (4, 8, 16, 32, 64, 128),
+                                            (2, 4, 8, 16, 32, 64, 128, 256))) if b < n]
+    draws = ctx.pick(8, 24, 64)
+    model = nn.dense(1)
+
+    def loss(params, batch):  # weighted mean: weights 1/B on the minibatch, 0 elsewhere
+        xb, yb, weights = batch
+        per_example = losses.binary_cross_entropy(model.apply(params, xb)[0][:, 0], yb,
+                                                  from_logits=True, reduction="none")
+        return jnp.sum(weights * per_example) + 0.5 * ridge * jnp.sum(params["w"] ** 2)
+
+    params = {"w": jnp.zeros((x.shape[1], 1)), "b": jnp.zeros(1)}
+    full = (x, y, jnp.full(n, 1.0 / n))
+    flat_grad = jax.jit(lambda p, batch: jax.flatten_util.ravel_pytree(jax.grad(loss)(p, batch))[0])
+    unravel = jax.flatten_util.ravel_pytree(params)[1]
+    for _ in range(8):  # Newton's method to the optimum w*, then evaluate at w*/2
+        h = hessian.hessian_matrix(loss, params, full)
+        g = flat_grad(params, full)
+        step = np.linalg.solve(np.asarray(h) + 1e-6 * np.eye(h.shape[0]), np.asarray(g))
+        params = jax.tree.map(lambda p, s: p - s, params, unravel(jnp.asarray(step)))
+    params = jax.tree.map(lambda p: 0.5 * p, params)
+
+    def estimates(weights):
+        batch = (x, y, weights)
+        h = np.asarray(hessian.hessian_matrix(loss, params, batch))
+        g = np.asarray(flat_grad(params, batch))
+        top = float(np.linalg.eigvalsh(h)[-1])
+        return g, h, top
+
+    g_full, h_full, top_full = estimates(full[2])
+    shift = damping * top_full * np.eye(h_full.shape[0])
+    newton_full = np.linalg.solve(h_full + shift, g_full)
+    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
+    errors = {"gradient": [], "hessian": [], "top_eigenvalue": [], "newton_step": []}
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(k_draw)))
+    for b in sizes:
+        rows = {k: [] for k in errors}
+        for _ in range(draws):
+            idx = rng.permutation(n)[:b]
+            weights = np.zeros(n)
+            weights[idx] = 1.0 / b
+            g, h, top = estimates(jnp.asarray(weights))
+            rows["gradient"].append(rel(g, g_full))
+            rows["hessian"].append(rel(h, h_full))
+            rows["top_eigenvalue"].append(abs(top - top_full) / top_full)
+            rows["newton_step"].append(rel(np.linalg.solve(h + shift, g), newton_full))
+        for k in errors:
+            errors[k].append(float(np.mean(rows[k])))
+    logb = np.log(sizes)
+    slopes = {k: float(np.polyfit(logb, np.log(v), 1)[0]) for k, v in errors.items()}
+    shrink = all(v[-1] < 0.5 * v[0] for v in errors.values())
+    ratios = [nw / gr for nw, gr in zip(errors["newton_step"], errors["gradient"])]
+    worse = float(np.median(ratios)) > 1.2
+    verdict = HOLDS if shrink and worse else CAVEAT if shrink else FAILS
+    figure = _plot_lines(ctx, "opt_batch_second_order", sizes, errors, xlabel="batch size B",
+                         ylabel="mean relative error", logx=True, logy=True,
+                         title="breast_cancer logistic regression, at w*/2")
+    return Finding(
+        verdict=verdict,
+        summary=f"relative errors at B={sizes[0]} -> {sizes[-1]}: "
+                + ", ".join(f"{k} {v[0]:.2f} -> {v[-1]:.3f}" for k, v in errors.items()),
+        method=f"breast_cancer (standardised, {n} training examples), logistic regression "
+               f"with an L2 penalty {ridge:g} ({h_full.shape[0]} parameters) at half its optimum "
+               "(found by Newton's method); for each "
+               f"B, {draws} random minibatches: the minibatch gradient, the dense Hessian "
+               "(jdl.hessian.hessian_matrix), its top eigenvalue and the Newton step (H + "
+               f"{damping:g} lambda_max I)^-1 g against the full-data ones.",
+        numbers={"batch_sizes": sizes, "relative_errors": errors, "log_log_slopes": slopes,
+                 "newton_error_over_gradient_error": ratios},
+        threshold="holds if every error at the largest B is below half that at the smallest "
+                  "and the Newton step's error is > 1.2x the gradient's (median over B); caveat "
+                  "if only the first",
+        caveat="" if verdict == HOLDS else
+        ("Every estimate improves with B, but here the second-order step is not the more "
+         "fragile one." if shrink else "Some estimate did not improve with the batch size."),
+        figures=[figure])
