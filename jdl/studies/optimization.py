@@ -1644,3 +1644,294 @@ def batch_second_order(ctx, sizes=None, damping=1e-3, ridge=1e-2):
         ("Every estimate improves with B, but here the second-order step is not the more "
          "fragile one." if shrink else "Some estimate did not improve with the batch size."),
         figures=[figure])
+
+
+# --- data and model parallelism -------------------------------------------------------------------
+
+DEVICES = 4
+
+
+def _parallel_numbers(epochs: int) -> dict:
+    """Data- and model-parallel measurements on ``DEVICES`` devices (needs that many).
+
+    Data parallelism: ``jdl.train.fit`` with ``mesh=jdl.parallel.data_mesh(4)``
+    against one device (same init, key and batches), float64; how a minibatch
+    is split (``jdl.parallel.shard_batch``). Model parallelism: a serial MLP's
+    layers on different devices, and its first kernel split by columns over
+    the devices, against the one-device output.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jdl import parallel
+
+    if jax.device_count() < DEVICES:
+        raise RuntimeError(f"_parallel_numbers: needs {DEVICES} devices, got "
+                           f"{jax.device_count()}")
+    ds = data.load("digits", dtype=jnp.float64)
+    train = (ds.x_train, ds.y_train)
+    model, loss = _digits_mlp_loss()
+    params = model.init(jax.random.key(0), (-1, 64), jnp.float64)[1]
+    common = dict(epochs=epochs, batch_size=32, key=jax.random.key(1), quiet=True)
+    single = jt.fit(loss, params, jt.sgd(0.1), train, **common)
+    mesh = parallel.data_mesh(DEVICES)
+    sharded = jt.fit(loss, params, jt.sgd(0.1), train, mesh=mesh, **common)
+    flat = lambda t: np.asarray(jax.flatten_util.ravel_pytree(t)[0])  # noqa: E731
+    diff = float(np.max(np.abs(flat(sharded.params) - flat(single.params))))
+    scale = float(np.max(np.abs(flat(single.params))))
+    leaf = jax.tree.leaves(sharded.params)[0]
+    batch = parallel.shard_batch(ds.x_train[:32], mesh)
+    shard_rows = sorted(int(s.data.shape[0]) for s in batch.addressable_shards)
+
+    devices = jax.devices()[:DEVICES]
+    x = ds.x_test
+    reference = np.asarray(model.apply(params, x)[0])
+    # layers on different devices: each runs where its parameters live, the activations move
+    h = x
+    for i, (name, layer) in enumerate(zip(model.names, model.children)):
+        device = devices[i % DEVICES]
+        h, _ = layer.apply(jax.device_put(params[name], device), jax.device_put(h, device))
+    layer_split = float(np.max(np.abs(np.asarray(h) - reference)))
+    # the first kernel split by columns (hidden units) over the devices: tensor parallelism
+    first = model.names[0]
+    column_split = NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+    split = {**params, first: {"w": jax.device_put(params[first]["w"], column_split),
+                               "b": jax.device_put(params[first]["b"], NamedSharding(
+                                   mesh, PartitionSpec(parallel.DATA_AXIS)))}}
+    out = jax.jit(lambda p, x: model.apply(p, x)[0])(split, x)
+    tensor_split = float(np.max(np.abs(np.asarray(out) - reference)))
+    kernel = split[first]["w"]
+    per_device = sorted(int(np.prod(s.data.shape)) for s in kernel.addressable_shards)
+    return {"devices": DEVICES, "max_param_difference": diff, "max_param": scale,
+            "loss_single": single.history["loss"].tolist(),
+            "loss_sharded": sharded.history["loss"].tolist(),
+            "params_replicated_on": len(leaf.sharding.device_set),
+            "fully_replicated": bool(leaf.sharding.is_fully_replicated),
+            "batch_rows_per_device": shard_rows,
+            "layer_split_max_difference": layer_split,
+            "tensor_split_max_difference": tensor_split,
+            "kernel_entries_per_device": per_device, "kernel_entries": int(kernel.size)}
+
+
+@functools.lru_cache(maxsize=4)
+def _parallel_run(epochs: int) -> tuple[dict, str]:
+    """:func:`_parallel_numbers` here if there are enough devices, else in a subprocess.
+
+    ``XLA_FLAGS=--xla_force_host_platform_device_count`` only acts before JAX
+    starts, so a single-device run (``jdl claims``) asks a fresh Python for it.
+    Returns ``(numbers, where)``.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if jax.device_count() >= DEVICES:
+        return _parallel_numbers(epochs), "in process"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+        os.environ.get("XLA_FLAGS", "") +
+        f" --xla_force_host_platform_device_count={DEVICES}").strip())
+    code = ("import json, jax; jax.config.update('jax_enable_x64', True); "
+            "from jdl.studies.optimization import _parallel_numbers; "
+            f"print(json.dumps(_parallel_numbers({epochs})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"_parallel_run: the {DEVICES}-device subprocess failed:\n"
+                           f"{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), (
+        f"a subprocess with {DEVICES} host CPU devices")
+
+
+def _unsynchronised_replicas(ctx, epochs: int) -> tuple[float, float]:
+    """Replicas that never average gradients: each trains on its quarter of every minibatch.
+
+    Returns ``(max |averaged replicas - one-device params|, max |params|)``;
+    lane ``DEVICES`` of the same program trains on the whole minibatches (the
+    one-device run).
+    """
+    ds = data.load("digits", dtype=jnp.float64)
+    model, plain_loss = _digits_mlp_loss()
+    part = 32 // DEVICES
+
+    def loss(params, config, batch, k):
+        x, y = batch
+        mine = (jax.lax.dynamic_slice_in_dim(x, config["replica"] * part, part),
+                jax.lax.dynamic_slice_in_dim(y, config["replica"] * part, part))
+        return jnp.where(config["replica"] == DEVICES, plain_loss(params, batch),
+                         plain_loss(params, mine))
+
+    lanes = DEVICES + 1
+    params, _, _ = _train_lanes(
+        loss, lambda c: jt.sgd(0.1), lambda k, c: model.init(k, (-1, 64), jnp.float64)[1],
+        {"replica": jnp.arange(lanes)}, (ds.x_train, ds.y_train), epochs=epochs, batch_size=32,
+        init_keys=jnp.stack([jax.random.key(0)] * lanes),
+        run_keys=jnp.stack([jax.random.key(1)] * lanes))
+    flat = np.asarray(jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params))
+    averaged, single = flat[:DEVICES].mean(0), flat[DEVICES]
+    return float(np.max(np.abs(averaged - single))), float(np.max(np.abs(single)))
+
+
+@study("opt.data-parallel", SECTION,
+       "data parallelism is when you divide the data into different replicas of the model "
+       "working in parallel")
+def data_parallel(ctx, synchronised=True):
+    """jdl.train.fit on 4 devices (minibatch split, gradients all-reduced) against 1 device.
+
+    ``synchronised=False``: replicas train on their shards without averaging
+    gradients (parameters averaged once at the end): not the same result.
+    """
+    epochs = ctx.pick(2, 3, 10)
+    if synchronised:
+        r, where = _parallel_run(epochs)
+        diff, scale = r["max_param_difference"], r["max_param"]
+        split_ok = r["batch_rows_per_device"] == [32 // DEVICES] * DEVICES
+        replicated = r["params_replicated_on"] == DEVICES and r["fully_replicated"]
+    else:
+        (diff, scale), where, r = _unsynchronised_replicas(ctx, epochs), "in process", {}
+        split_ok = replicated = True
+    relative = diff / scale
+    same = relative < 1e-9
+    verdict = HOLDS if same and split_ok and replicated else FAILS
+    return Finding(
+        verdict=verdict,
+        summary=f"largest parameter difference after {epochs} epochs: {relative:.1e} of the "
+                f"largest parameter"
+                + (f"; each device got {r['batch_rows_per_device']} rows of a 32-example batch, "
+                   f"parameters replicated on {r['params_replicated_on']} devices"
+                   if synchronised else " (replicas not synchronised)"),
+        method=f"digits, 64-32-10 tanh MLP, float64, SGD lr 0.1, batch 32, {epochs} epochs, the "
+               "same init and batches; "
+               + (f"jdl.train.fit with mesh=jdl.parallel.data_mesh({DEVICES}) (run in {where}) "
+                  "against fit on one device."
+                  if synchronised else
+                  f"{DEVICES} replicas each training on its quarter of every minibatch without "
+                  "exchanging gradients, parameters averaged at the end, against one device."),
+        numbers={"relative_max_difference": relative, "max_difference": diff,
+                 "synchronised": synchronised, "where": where, **r},
+        threshold="holds if the parameters agree to 1e-9 (relative, float64), every device got "
+                  "an equal share of each minibatch and the parameters are replicated",
+        caveat="" if verdict == HOLDS else
+        "Splitting the data over replicas gives the one-device result only if the replicas "
+        "average their gradients every step (an all-reduce); replicas that train apart drift "
+        "to different parameters, and averaging them afterwards is a different algorithm.")
+
+
+def _stage_models(kind: str):
+    """``(init, stages)``: parameter groups and ``stages(params, x) -> {name: output}``.
+
+    ``"serial"``: dense 64->32, tanh, dense 32->32, tanh, dense 32->10, one
+    after another. ``"towers"``: two dense+tanh branches on the same input
+    (``jdl.nn.parallel``), then a dense head on their concatenation.
+    """
+    if kind == "serial":
+        layers = {"layer1": nn.serial(nn.dense(32), nn.activation("tanh")),
+                  "layer2": nn.serial(nn.dense(32), nn.activation("tanh")),
+                  "head": nn.dense(10)}
+        shapes = {"layer1": 64, "layer2": 32, "head": 32}
+
+        def stages(params, x):
+            out = {}
+            for name, layer in layers.items():
+                x = out[name] = layer.apply(params[name], x)[0]
+            return out
+    elif kind == "towers":
+        towers = nn.parallel(nn.serial(nn.dense(16), nn.activation("tanh")),
+                             nn.serial(nn.dense(16), nn.activation("tanh")))
+        layers = {"towers": towers, "head": nn.dense(10)}
+        shapes = {"towers": ((-1, 64), (-1, 64)), "head": 32}
+
+        def stages(params, x):
+            a, b = towers.apply(params["towers"], (x, x))[0]
+            return {"tower_a": a, "tower_b": b,
+                    "head": layers["head"].apply(params["head"], jnp.concatenate([a, b], -1))[0]}
+    else:
+        raise ValueError(f"model_parallel: expected kind 'serial' or 'towers', got {kind!r}")
+
+    def init(key):
+        keys = jax.random.split(key, len(layers))
+        params = {n: l.init(k, s if isinstance(s, tuple) else (-1, s), jnp.float64)[1]
+                  for (n, l), k, s in zip(layers.items(), keys, shapes.values())}
+        if kind == "towers":  # one parameter group per tower
+            params = {"tower_a": params["towers"]["0_serial"],
+                      "tower_b": params["towers"]["1_serial"], "head": params["head"]}
+        return params
+
+    if kind == "towers":
+        def regroup(params):
+            return {"towers": {"0_serial": params["tower_a"], "1_serial": params["tower_b"]},
+                    "head": params["head"]}
+
+        inner = stages
+        stages = lambda params, x: inner(regroup(params), x)  # noqa: E731
+    return init, stages
+
+
+def _concurrency(init, stages, x) -> tuple[int, dict]:
+    """The most stages that can run at once on one example, from their dependencies.
+
+    Stage ``j`` depends on stage ``i`` if its output moves when only ``i``'s
+    parameters move (a forward-mode derivative); independent stages can run
+    concurrently on different devices. Returns the largest set of mutually
+    independent stages and the dependency table.
+    """
+    import itertools
+
+    params = init(jax.random.key(0))
+    names = list(params)
+    depends = {}
+    for i in names:
+        tangent = {n: jax.tree.map(jnp.ones_like if n == i else jnp.zeros_like, p)
+                   for n, p in params.items()}
+        _, moved = jax.jvp(lambda p: stages(p, x), (params,), (tangent,))
+        depends[i] = {j: bool(jnp.any(moved[j] != 0)) for j in names if j != i}
+    for size in range(len(names), 0, -1):
+        for group in itertools.combinations(names, size):
+            if not any(depends[a][b] or depends[b][a] for a, b in itertools.combinations(group, 2)):
+                return size, depends
+    return 1, depends
+
+
+@study("opt.model-parallel", SECTION,
+       "model parallelism is when you divide the model into diff layers working in parallel")
+def model_parallel(ctx, kind="serial"):
+    """A model split over devices by layers and by columns, and which layers can run at once.
+
+    ``kind="towers"``: two independent branches (``jdl.nn.parallel``), which
+    can work in parallel on the same example.
+    """
+    epochs = ctx.pick(2, 3, 10)
+    r, where = _parallel_run(epochs)
+    x = data.load("digits", dtype=jnp.float64).x_test[:8]
+    concurrent, depends = _concurrency(*_stage_models(kind), x)
+    equal = r["layer_split_max_difference"] < 1e-12 and r["tensor_split_max_difference"] < 1e-12
+    spread = r["kernel_entries_per_device"] == [r["kernel_entries"] // DEVICES] * DEVICES
+    verdict = HOLDS if equal and spread and concurrent > 1 else CAVEAT if equal and spread else FAILS
+    return Finding(
+        verdict=verdict,
+        summary=f"split by layers over {DEVICES} devices: output difference "
+                f"{r['layer_split_max_difference']:.1e}; first kernel split by columns: "
+                f"{r['tensor_split_max_difference']:.1e}, {r['kernel_entries_per_device'][0]} "
+                f"of {r['kernel_entries']} weights per device; stages that can run at once on "
+                f"one example ({kind}): {concurrent}",
+        method=f"digits, 64-32-10 tanh MLP, float64 (run in {where}): each layer on its own "
+               "device with the activations moved between them, and the first kernel "
+               "sharded by columns (tensor parallelism, jax NamedSharding), against one "
+               f"device; then, for a {kind} model, which stages' outputs move when another "
+               "stage's parameters move (forward-mode derivatives): stages with no dependency "
+               "can work in parallel.",
+        numbers={"layer_split_max_difference": r["layer_split_max_difference"],
+                 "tensor_split_max_difference": r["tensor_split_max_difference"],
+                 "kernel_entries_per_device": r["kernel_entries_per_device"],
+                 "kernel_entries": r["kernel_entries"], "kind": kind,
+                 "concurrent_stages": concurrent, "depends_on": depends, "where": where},
+        threshold="holds if both splits reproduce the one-device output (< 1e-12), the kernel "
+                  "is spread evenly, and some stages can run at the same time; caveat if only "
+                  "the splits work",
+        caveat="" if verdict == HOLDS else
+        ("Model parallelism splits the model's parameters over devices (whole layers: "
+         "pipeline parallelism; parts of a layer: tensor parallelism), and the result is the "
+         "same. But the layers of a sequential net do not work in parallel on an example: each "
+         "waits for the previous one's output. They overlap only across microbatches "
+         "(pipelining; L stages and M microbatches leave an idle fraction (L-1)/(M+L-1)), or "
+         "when a layer itself is split (tensor parallelism)."
+         if equal and spread else "Splitting the model changed its output."))
