@@ -282,7 +282,7 @@ def rmsprop_description(ctx, decay=0.9, momentum=0.0, lr=1e-2):
     nu = _state_field(runs["rmsprop"][1], "nu")
     err_ema = _rel(nu, _ema(grads**2, decay)) if nu is not None else float("inf")
     u = runs["rmsprop"][0]
-    rate = -u[-1] / grads[-1]
+    rate = lr / np.sqrt(nu[-1] + EPS**2)  # each parameter's learning rate at the last step
     spread = float(np.percentile(rate, 90) / np.percentile(rate, 10))
 
     def against(u):
@@ -312,8 +312,8 @@ def rmsprop_description(ctx, decay=0.9, momentum=0.0, lr=1e-2):
         method=f"{steps} minibatch gradients of a tanh net on breast_cancer fed to RMSProp "
                f"(decay {decay}{f', momentum {momentum}' if momentum else ''}) and to "
                "heavy-ball momentum 0.9: RMSProp's state against the EMA of g^2 computed by "
-               "hand, its effective rate -u/g per parameter, and the fraction of (step, "
-               "parameter) updates with the sign of the gradient (uphill).",
+               "hand, each parameter's rate lr / sqrt(state) at the end, and the fraction of "
+               "(step, parameter) updates with the sign of the gradient (uphill).",
         numbers={"ema_rel_error": err_ema, "rate_spread_p90_p10": spread,
                  "uphill_fraction_rmsprop": flips, "uphill_fraction_heavy_ball": flips_hb,
                  "decay": decay, "momentum": momentum},
