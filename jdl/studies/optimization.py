@@ -1935,3 +1935,168 @@ def model_parallel(ctx, kind="serial"):
          "(pipelining; L stages and M microbatches leave an idle fraction (L-1)/(M+L-1)), or "
          "when a layer itself is split (tensor parallelism)."
          if equal and spread else "Splitting the model changed its output."))
+
+
+# --- extra tips -----------------------------------------------------------------------------------
+
+
+@study("opt.bottleneck", SECTION,
+       "dont bottleneck your layers, design them to be somewhat computationally equal")
+def bottleneck(ctx, dataset="digits", widths=None, outer=64):
+    """A ``d-64-h-64-classes`` tanh MLP with the middle width ``h`` swept (masked lanes)."""
+    widths = tuple(widths or ctx.pick((1, 8, 64), (1, 2, 4, 8, 16, 64), (1, 2, 4, 8, 16, 32, 64)))
+    key = ctx.key("opt.bottleneck")
+    k_data, k_init, k_run = jax.random.split(key, 3)
+    ds, x_tr, _, x_te = _standardized(dataset, k_data)
+    d = x_tr.shape[1]
+    model = _mlp((outer, outer, outer), "tanh", ds.num_classes)
+    middle, after = model.names[2], model.names[4]
+
+    def masked(params, width):
+        mask = (jnp.arange(outer) < width).astype(F32)
+        return {**params, middle: {"w": params[middle]["w"] * mask,
+                                   "b": params[middle]["b"] * mask},
+                after: {**params[after], "w": params[after]["w"] * mask[:, None]}}
+
+    def init(k, config):  # LeCun for the layer after the bottleneck: fan-in = its width
+        params = model.init(k, (-1, d), F32)[1]
+        fix = jnp.sqrt(outer / config["width"]).astype(F32)
+        return {**params, after: {**params[after], "w": params[after]["w"] * fix}}
+
+    def loss(params, config, batch, k):
+        x, y = batch
+        return losses.softmax_cross_entropy(
+            model.apply(masked(params, config["width"]), x)[0], y)
+
+    def final(params, config, ev, start):
+        (x, y), (xt, yt) = ev
+        p = masked(params, config["width"])
+        return {"train_loss": loss(params, config, (x, y), None),
+                "test_accuracy": _accuracy(model.apply(p, xt)[0], yt)}
+
+    seeds = ctx.pick(1, 1, 4)
+    epochs = ctx.pick(10, 20, 40)
+    width_lane = jnp.repeat(jnp.asarray(widths), seeds)
+    _, _, out = _train_lanes(
+        loss, lambda c: jt.adam(0.005), init, {"width": width_lane}, (x_tr, ds.y_train),
+        epochs=epochs, batch_size=32,
+        init_keys=jnp.tile(jax.random.split(k_init, seeds), (len(widths),)),
+        run_keys=jnp.stack([k_run] * len(width_lane)), final=final,
+        eval_data=((x_tr, ds.y_train), (x_te, ds.y_test)))
+    train = out["train_loss"].reshape(len(widths), seeds).mean(1)
+    test = out["test_accuracy"].reshape(len(widths), seeds).mean(1)
+    equal = train[-1]
+    hurt = [w for w, v in zip(widths[:-1], train[:-1]) if v > equal + 0.05]
+    flops = [[d * outer, outer * w, w * outer, outer * ds.num_classes] for w in widths]
+    verdict = (HOLDS if len(hurt) == len(widths) - 1 else CAVEAT if hurt else FAILS)
+    harmless = [w for w in widths[:-1] if w not in hurt]
+    figure = _plot_lines(ctx, f"opt_bottleneck_{dataset}", widths,
+                         {"training loss": train}, xlabel="bottleneck width h", logx=True,
+                         logy=True, ylabel=f"training loss, epoch {epochs}",
+                         title=f"{dataset}, {d}-{outer}-h-{outer}-{ds.num_classes} tanh")
+    return Finding(
+        verdict=verdict,
+        summary=f"training loss {', '.join(f'h={w}: {v:.3g}' for w, v in zip(widths, train))}; "
+                f"test accuracy {test[0]:.2f} at h={widths[0]} vs {test[-1]:.2f} at h={outer}",
+        method=f"{dataset} (standardised), a {d}-{outer}-h-{outer}-{ds.num_classes} tanh MLP "
+               f"with the middle layer's width h in {list(widths)} (masked lanes), Adam lr "
+               f"0.005, batch 32, {epochs} epochs, {seeds} seed(s). Multiply-adds per example "
+               "of each layer listed per h.",
+        numbers={"widths": list(widths), "train_loss": train.tolist(),
+                 "test_accuracy": test.tolist(), "multiply_adds_per_layer": flops,
+                 "hurting_widths": hurt},
+        threshold="a bottleneck hurts if its training loss is > 0.05 nats above the equal-width "
+                  "net's; holds "
+                  "if every narrower h hurts, caveat if only some do, does not hold if none",
+        caveat="" if verdict == HOLDS else
+        (f"Severe bottlenecks (h in {hurt}) lose information the later layers cannot recover; "
+         f"moderate ones (h in {harmless}) cost nothing here although their layers are far from "
+         "computationally equal: what matters is the width the task needs, not equal layers "
+         "(auto-encoders bottleneck on purpose)." if hurt else
+         f"No bottleneck down to h={widths[0]} hurt on {dataset}: the task needs few features."),
+        figures=[figure])
+
+
+def _local_mask(side: int, channels: int, radius: int) -> np.ndarray:
+    """``(side^2, side^2 * channels)`` 0/1 mask: output (position, channel) sees the inputs
+    within ``radius`` pixels (Chebyshev) of its position."""
+    rows, cols = np.divmod(np.arange(side * side), side)
+    near = (np.abs(rows[:, None] - rows[None, :]) <= radius) & (
+        np.abs(cols[:, None] - cols[None, :]) <= radius)
+    return np.repeat(near, channels, axis=1).astype(np.float32)
+
+
+@study("opt.local-connectivity", SECTION,
+       "Use local connectivity when needed to reduce number of parameters")
+def local_connectivity(ctx, channels=4, radius=1):
+    """A locally connected first layer (``2 radius + 1`` square neighbourhoods, no sharing)
+    against a dense one, and against as many weights at random positions (locality removed).
+    """
+    key = ctx.key("opt.local-connectivity")
+    k_data, k_init, k_run, k_perm = jax.random.split(key, 4)
+    ds = _digits(k_data)
+    hidden = 64 * channels
+    model = _mlp((hidden,), "tanh", 10)
+    first = model.names[0]
+    local = jnp.asarray(_local_mask(8, channels, radius))
+    # the same neighbourhood sizes over randomly chosen pixels: local mask rows permuted
+    scattered = local[jax.random.permutation(k_perm, 64)]
+    masks = jnp.stack([jnp.ones((64, hidden), F32), local, scattered])
+    side = 2 * radius + 1
+    names = ["dense", f"local {side}x{side}", "random sparse"]
+
+    def masked(params, config):
+        return {**params, first: {**params[first], "w": params[first]["w"] * config["mask"]}}
+
+    def loss(params, config, batch, k):
+        x, y = batch
+        return losses.softmax_cross_entropy(model.apply(masked(params, config), x)[0], y)
+
+    def final(params, config, ev, start):
+        xt, yt = ev
+        return {"test_accuracy": _accuracy(model.apply(masked(params, config), xt)[0], yt)}
+
+    def init(k, config):  # LeCun for the inputs each unit actually sees
+        params = model.init(k, (-1, 64), F32)[1]
+        w = params[first]["w"] * jnp.sqrt(64.0 / config["mask"].sum(0))
+        return {**params, first: {**params[first], "w": w}}
+
+    seeds = ctx.pick(1, 2, 4)
+    epochs = ctx.pick(5, 20, 40)
+    lanes = len(names) * seeds
+    _, hist, out = _train_lanes(
+        loss, lambda c: jt.adam(0.005), init, {"mask": jnp.repeat(masks, seeds, 0)},
+        (ds.x_train, ds.y_train), epochs=epochs, batch_size=32,
+        init_keys=jnp.tile(jax.random.split(k_init, seeds), (len(names),)),
+        run_keys=jnp.stack([k_run] * lanes), final=final, eval_data=(ds.x_test, ds.y_test))
+    acc = out["test_accuracy"].reshape(len(names), seeds).mean(1)
+    weights = [int(m.sum()) for m in np.asarray(masks)]
+    fraction = weights[1] / weights[0]
+    saves = fraction < 0.25 and acc[1] >= acc[0] - 0.02
+    locality_matters = acc[1] > acc[2] + 0.01
+    verdict = HOLDS if saves and locality_matters else CAVEAT if saves else FAILS
+    return Finding(
+        verdict=verdict,
+        summary=f"first layer {weights[1]} weights (local {side}x{side}) vs {weights[0]} (dense), "
+                f"{fraction:.0%}; test accuracy {acc[1]:.3f} local, {acc[0]:.3f} dense, "
+                f"{acc[2]:.3f} random sparse",
+        method=f"digits, 64-{hidden}-10 tanh MLP whose first layer has {channels} units per "
+               f"pixel position: dense; locally connected (each unit sees the {side}x{side} "
+               "neighbourhood "
+               "of its position, no weight sharing: a masked dense layer); or as many weights "
+               f"per unit on randomly chosen pixels. Adam lr 0.005, batch 32, {epochs} epochs, "
+               f"{seeds} seed(s).",
+        numbers={"first_layer_weights": dict(zip(names, weights)), "fraction": fraction,
+                 "test_accuracy": dict(zip(names, acc.tolist())),
+                 "final_train_loss": dict(zip(names, hist["loss"][::seeds, -1].tolist()))},
+        threshold="holds if the local layer has < 25% of the dense layer's weights, its test "
+                  "accuracy is at most 0.02 below the dense one's and > 0.01 above the random "
+                  "sparse one's; caveat if it saves weights at no cost but random sparsity does "
+                  "as well",
+        caveat="" if verdict == HOLDS else
+        ("Local connectivity cut the weights at no cost, but so did the same number of "
+         "connections to random pixels: on digits it is the sparsity that saves parameters; "
+         "locality pays when it can be combined with weight sharing (convolutions) and "
+         "depth." if saves else
+         f"With {channels} unit(s) per position and {side}x{side} neighbourhoods the local "
+         "layer lost accuracy: too few weights for the task."))
