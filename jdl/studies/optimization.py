@@ -2100,3 +2100,56 @@ def local_connectivity(ctx, channels=4, radius=1):
          "depth." if saves else
          f"With {channels} unit(s) per position and {side}x{side} neighbourhoods the local "
          "layer lost accuracy: too few weights for the task."))
+
+
+@study("opt.batch-memory", SECTION,
+       "Batch-size heavily depends on the size of blocks in our architecture; do we have a big "
+       "enough machine to handle this large of a batch?")
+def batch_memory(ctx, widths=(64, 256), sizes=(64, 256, 1024), budget_gib=1.0):
+    """Compiled memory of one training step against batch size and layer width (XLA's own
+    memory analysis of ``jdl.train.train_step``), and the largest batch a budget allows."""
+    memory = np.zeros((len(widths), len(sizes)))
+    for i, width in enumerate(widths):
+        model = _mlp((width, width), "tanh", 10)
+        params = jax.eval_shape(lambda k: model.init(k, (-1, 64), F32)[1], jax.random.key(0))
+        opt = jt.sgd(0.1)
+        step = jt.train_step(lambda p, b: _ce_loss(model)(p, None, b, None), opt)
+        state = jax.eval_shape(opt.init, params)
+        for j, b in enumerate(sizes):
+            batch = (jax.ShapeDtypeStruct((b, 64), F32), jax.ShapeDtypeStruct((b,), jnp.int32))
+            analysis = jax.jit(step).lower(params, state, batch).compile(
+                {"xla_backend_optimization_level": 0}).memory_analysis()
+            memory[i, j] = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+    slopes, intercepts, r2 = [], [], []
+    for row in memory:
+        coef = np.polyfit(sizes, row, 1)
+        fit = np.polyval(coef, sizes)
+        slopes.append(float(coef[0]))
+        intercepts.append(float(coef[1]))
+        r2.append(float(1 - np.sum((row - fit) ** 2) / np.sum((row - row.mean()) ** 2)))
+    slope_ratio = slopes[-1] / slopes[0]
+    width_ratio = widths[-1] / widths[0]
+    linear = min(r2) > 0.99
+    scales = width_ratio > 1 and abs(np.log(slope_ratio / width_ratio)) < np.log(1.5)
+    largest = [int((budget_gib * 2**30 - c) // s) for c, s in zip(intercepts, slopes)]
+    verdict = HOLDS if linear and scales else CAVEAT if linear else FAILS
+    return Finding(
+        verdict=verdict,
+        summary=f"memory per example {slopes[0]:.0f} B at width {widths[0]}, {slopes[-1]:.0f} B "
+                f"at width {widths[-1]} ({slope_ratio:.1f}x for {width_ratio:.0f}x wider "
+                f"blocks); largest batch in {budget_gib:g} GiB: "
+                f"{', '.join(f'{b:,}' for b in largest)}",
+        method=f"64-w-w-10 tanh MLP (float32), one jdl.train.train_step compiled for batch "
+               f"sizes {list(sizes)} and widths {list(widths)}; XLA's memory analysis "
+               "(temporaries + arguments) of each; a linear fit in the batch size gives the "
+               "memory per example, and the largest batch that fits the budget.",
+        numbers={"widths": list(widths), "batch_sizes": list(sizes),
+                 "bytes": memory.tolist(), "bytes_per_example": slopes, "linear_fit_r2": r2,
+                 "fixed_bytes": intercepts, "largest_batch_in_budget": largest,
+                 "budget_gib": budget_gib},
+        threshold="holds if memory is linear in the batch size (R^2 > 0.99 for every width) and "
+                  "the memory per example grows like the block width (within 1.5x); caveat if "
+                  "only linear",
+        caveat="" if verdict == HOLDS else
+        ("Memory grows linearly with the batch size, but the memory per example did not follow "
+         "the block width here." if linear else "Memory did not grow linearly with the batch."))
