@@ -2213,3 +2213,55 @@ def random_batches(ctx, batch_size=32):
                   "fresh random batches",
         caveat="" if verdict == HOLDS else
         "Batches taken in class order trained as well here.")
+
+
+@study("opt.parallel-layerwise", SECTION,
+       "use parallelization technology to compute matrices for layer wise updates")
+def parallel_layerwise(ctx, batch_size=1024):
+    """Not testable as stated (which technology, which matrices?). Nearest reading: a layer's
+    weight-gradient matrix for a minibatch, ``sum_n a_n delta_n^T``, computed as one batched
+    product (what autodiff emits) against one example at a time: same matrix, and the time."""
+    import time
+
+    ds = _digits(ctx.key("opt.parallel-layerwise"))
+    x, y = ds.x_train[:batch_size], ds.y_train[:batch_size]
+    model, loss = _digits_mlp_loss()
+    params = jax.jit(lambda k: model.init(k, (-1, 64), F32)[1])(jax.random.key(0))
+    batched = jax.jit(lambda p, x, y: jax.grad(loss)(p, (x, y)))
+
+    @jax.jit
+    def sequential(p, x, y):  # one example after another, in one compiled loop
+        def body(total, xy):
+            g = jax.grad(loss)(p, (xy[0][None], xy[1][None]))
+            return jax.tree.map(jnp.add, total, g), None
+
+        total = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, p), (x, y))[0]
+        return jax.tree.map(lambda g: g / x.shape[0], total)
+
+    timings, results = {}, {}
+    for name, fn in (("batched", batched), ("per example", sequential)):
+        jax.block_until_ready(fn(params, x, y))  # compile
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            results[name] = jax.block_until_ready(fn(params, x, y))
+            runs.append(time.perf_counter() - start)
+        timings[name] = float(np.median(runs))
+    first = model.names[0]
+    a, b = results["batched"][first]["w"], results["per example"][first]["w"]
+    error = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+    speedup = timings["per example"] / timings["batched"]
+    return Finding(
+        verdict=UNTESTABLE,
+        summary=f"first-layer gradient matrix: batched vs per-example loop agree to {error:.1e}; "
+                f"batched {speedup:.0f}x faster for {batch_size} examples",
+        method=f"digits, 64-32-10 tanh MLP, {batch_size} examples: the weight-gradient "
+               "matrices by one jax.grad of the minibatch loss (batched matrix products) "
+               "against the sum of per-example gradients in a compiled loop (lax.scan); "
+               "wall-clock time of each after compilation (median of 5 runs on a shared "
+               "machine: indicative only).",
+        numbers={"relative_difference": error, "seconds": timings, "speedup": speedup},
+        threshold="none: the claim names no technology or measurable outcome",
+        caveat="Too vague to test as stated. The nearest reading, computing a layer's update "
+               "matrix for all examples at once with batched (parallel) linear algebra, gives "
+               "the same matrix as one example at a time and is much faster.")
