@@ -16,16 +16,18 @@ Y. Saad, "Numerical Methods for Large Eigenvalue Problems", 2011, ch. 6
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    LanczosState, basis_rows, check_key, check_steps, extend)
+    LanczosState, basis_rows, check_key, check_steps, extend, inner, norm)
 from jdl.hessian.operators import Operator
 
 WHICH = ("largest", "smallest", "both")
@@ -42,7 +44,7 @@ class Eigen(NamedTuple):
       vectors: unit eigenvectors as a pytree like params (or the block), each
         leaf with a leading axis of size ``len(values)``.
       residuals: ``||C v - lambda v||`` of each pair, computed with one
-        explicit product (one Lanczos step from ``v``), shape ``(len(values),)``.
+        explicit product, shape ``(len(values),)``.
       converged: ``residuals <= tol * ||C||`` (``||C||`` estimated by the
         largest Ritz value in magnitude), shape ``(len(values),)``.
       num_matvecs: curvature-vector products used (Lanczos steps of every run
@@ -58,29 +60,31 @@ class Eigen(NamedTuple):
     which: str
 
 
-def _start(key: jax.Array, locked: np.ndarray):
-    """A random unit start vector orthogonal to the rows of ``locked`` ``(L, n)``, and a restart vector.
+def _start(key: jax.Array, locked: np.ndarray, num_locked: int):
+    """A random unit start vector orthogonal to ``locked[:num_locked]``, and a restart vector.
 
     Drawn on the host from the key's bits (the driver loop runs there): the
     same key gives the same vectors, and no program is compiled for them.
     """
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     v, restart = rng.standard_normal((2, locked.shape[1]))
-    for _ in range(2):
-        v = v - (locked @ v) @ locked
+    rows = locked[:num_locked]
+    for _ in range(2 if num_locked else 0):
+        v = v - rows.T @ (rows @ v)
     return v / np.linalg.norm(v), restart
 
 
-def _rayleigh(operator: Operator, params, data, vector: np.ndarray, rows: int,
-              no_locked: jax.Array):
-    """``(v^T C v, ||C v - (v^T C v) v||)`` for a unit ``vector``: one Lanczos step from it.
+@functools.partial(jax.jit, static_argnames=("operator",))
+def _rayleigh(operator: Operator, params, data, vectors):
+    """``v^T C v`` and ``||C v - (v^T C v) v||`` for unit vectors ``v``, rows of ``(r, n)``."""
+    matvec, _, _ = operators.matvec_fn(operator, params, data)
 
-    Reuses the compiled Lanczos program (same shapes), so checking a Ritz pair
-    costs one product and no compilation.
-    """
-    state = extend(operator, params, data, _host_state(vector, rows, vector, no_locked.dtype),
-                   no_locked, 1)
-    return float(np.asarray(state.alphas)[0]), float(np.asarray(state.betas)[0])
+    def one(v):
+        product = matvec(v)
+        value = inner(v, product)
+        return value, norm(product - value * v)
+
+    return lax.map(one, vectors)
 
 
 def _host_state(v0: np.ndarray, rows: int, restart: np.ndarray, dtype) -> LanczosState:
@@ -95,7 +99,7 @@ def _host_state(v0: np.ndarray, rows: int, restart: np.ndarray, dtype) -> Lanczo
 
 
 def _tridiagonal_eigh(state: LanczosState, m: int):
-    """Ritz values (ascending), ``T``'s eigenvectors and residual estimates, in float64 on the host."""
+    """Ritz values (ascending), ``T``'s eigenvectors and residual estimates (float64, on the host)."""
     alphas = np.asarray(state.alphas, np.float64)[:m]
     betas = np.asarray(state.betas, np.float64)[:m]
     t = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
@@ -114,9 +118,9 @@ def _wanted(values: np.ndarray, want: dict[str, int]) -> dict[str, np.ndarray]:
     return picked
 
 
-def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, want: dict,
-                limit: int, rows: int, tol: float, scale: float, budget: int | None = None,
-                boundary: dict | None = None):
+def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, num_locked: int,
+                want: dict, limit: int, rows: int, tol: float, scale: float,
+                budget: int | None = None, boundary: dict | None = None):
     """Lanczos from a random start orthogonal to ``locked`` until the wanted pairs converge.
 
     With ``boundary`` (a check run), the run also stops after ``budget`` steps
@@ -128,7 +132,7 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, wan
       ``(value, vector)`` with float64 vectors of shape ``(n,)``, and ``scale``
       the updated ``||C||`` estimate.
     """
-    v0, restart = _start(key, locked)
+    v0, restart = _start(key, locked, num_locked)
     dtype = operators.flat_dtype(params, operator.block)
     locked_device = jnp.asarray(locked, dtype)
     state = _host_state(v0, rows, restart, dtype)
@@ -149,7 +153,7 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, wan
                 _beyond(side, values[idx[0]], boundary[side]) for side, idx in picked.items()):
             break
         stop = min(limit, stop + 10)
-    ritz_vectors = vectors_t[:, indices].T @ np.asarray(state.basis, np.float64)[:stop]
+    ritz_vectors = vectors_t[:, indices].T @ np.asarray(state.basis)[:stop]
     pairs, position = {}, 0
     for side, idx in picked.items():
         pairs[side] = [(float(values[j]), ritz_vectors[position + r]) for r, j in enumerate(idx)]
@@ -240,7 +244,7 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
     num_locked, matvecs, scale, run = 0, 0, 0.0, 0
 
     pairs, done, steps, scale = _krylov_run(
-        fn_name, operator, params, prepared, jax.random.fold_in(key, run), locked,
+        fn_name, operator, params, prepared, jax.random.fold_in(key, run), locked, num_locked,
         {side: k for side in sides}, max_steps, rows, tol, scale)
     matvecs += steps
     for side in sides:
@@ -256,8 +260,8 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
                     for side in sides}
         pairs, done, steps, scale = _krylov_run(
             fn_name, operator, params, prepared, jax.random.fold_in(key, run), locked,
-            {side: 1 for side in sides}, min(max_steps, n - num_locked), rows, tol, scale,
-            budget, boundary)
+            num_locked, {side: 1 for side in sides}, min(max_steps, n - num_locked), rows, tol,
+            scale, budget, boundary)
         matvecs += steps
         missed = False
         for side in sides:
@@ -274,17 +278,15 @@ def eigenvalues(loss_fn: Callable, params: Any, data: Any, *, k: int = 5,
     for side in sides:
         ranked = sorted(found[side], key=lambda pair: pair[0], reverse=side == "largest")[:k]
         vectors += [vec / np.linalg.norm(vec) for _, vec in ranked]
-    no_locked = jnp.asarray(np.zeros((capacity, n), dtype))
-    checked = np.array([_rayleigh(operator, params, prepared, vec, rows, no_locked)
-                        for vec in vectors])
+    values, residuals = _rayleigh(operator, params, prepared,
+                                  jnp.asarray(np.stack(vectors), dtype))
     matvecs += len(vectors)
-    operators.check_finite(fn_name, "eigenvalue or residual", checked)
-    values, residuals = jnp.asarray(checked[:, 0], dtype), jnp.asarray(checked[:, 1], dtype)
-    converged = checked[:, 1] <= tol * scale
+    operators.check_finite(fn_name, "eigenvalue or residual", (values, residuals))
+    converged = np.asarray(residuals) <= tol * scale
     if not np.all(converged):
         warnings.warn(
             f"{fn_name}: {int(np.sum(~converged))} of {len(vectors)} eigenpairs did not reach "
             f"tol={tol} within max_steps={max_steps} (largest residual "
-            f"{checked[:, 1].max():.3g}, ||C|| ~ {scale:.3g})", RuntimeWarning, stacklevel=2)
+            f"{float(np.max(residuals)):.3g}, ||C|| ~ {scale:.3g})", RuntimeWarning, stacklevel=2)
     tree = operators.unravel_rows(operators.select(params, operator.block), np.stack(vectors))
     return Eigen(values, tree, residuals, jnp.asarray(converged), matvecs, which)

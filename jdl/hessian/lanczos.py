@@ -97,7 +97,7 @@ def norm(w):
 
 
 def _project_out(rows, basis, count, locked):
-    """One block Gram-Schmidt pass on ``rows`` ``(r, n)``: remove ``basis[:count]`` and ``locked``."""
+    """One block Gram-Schmidt pass on ``rows`` ``(r, n)``: remove ``basis[:count]``, ``locked``."""
     def remove(rows, block):
         return rows - inner(inner(rows, block.T), block)
 
@@ -175,19 +175,20 @@ def run_steps(matvec: Callable, state: LanczosState, stop, locked=None) -> Lancz
                           lambda s: _step(matvec, s, locked), state)
 
 
-@functools.partial(jax.jit, static_argnames=("operator",))
+@functools.partial(jax.jit, static_argnames=("operator",), donate_argnames=("state",))
 def extend(operator: Operator, params, data, state: LanczosState, locked, stop) -> LanczosState:
     """Jitted :func:`run_steps` of the curvature operator of ``(params, data)``.
 
     ``locked`` (rows ``(L, n)`` orthonormal, or None) are vectors that every
-    new Lanczos vector is kept orthogonal to (deflation).
+    new Lanczos vector is kept orthogonal to (deflation). ``state`` is
+    donated: its buffers (the basis) are updated in place, not copied.
     """
     matvec, _, _ = operators.matvec_fn(operator, params, data)
     return run_steps(matvec, state, stop, locked)
 
 
 def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
-    """The symmetric tridiagonal ``(m, m)`` matrix with diagonal ``alphas`` and off-diagonal ``betas``."""
+    """The symmetric tridiagonal ``(m, m)`` matrix: diagonal ``alphas``, off-diagonal ``betas``."""
     return jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
 
 

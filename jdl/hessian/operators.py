@@ -104,7 +104,7 @@ def _leading_size(fn_name: str, batch: Any) -> int:
 
 
 def prepare_data(fn_name: str, data: Any) -> tuple:
-    """``data`` (one batch or a list of batches) as a tuple of :class:`One` / :class:`Stacked` groups.
+    """``data`` (one batch or a list of batches) as a tuple of :class:`One` or :class:`Stacked`.
 
     Raises:
       ValueError: for an empty list, or arrays without a common leading axis.
@@ -331,7 +331,7 @@ def _apply_twice(operator: Operator, params, data, v):
 
 def check_deterministic(fn_name: str, operator: Operator, params: Any, data: tuple,
                         key: jax.Array) -> None:
-    """Apply the operator twice (tracing ``loss_fn`` twice) to one random vector; raise if they differ.
+    """Apply the operator twice (tracing ``loss_fn`` twice) to one random vector; raise if unequal.
 
     A loss that draws fresh randomness each time it is traced or called
     (dropout with a changing key, train-mode statistics of changing batches)
@@ -407,7 +407,7 @@ def flat_dtype(params: Any, block: tuple | None = None):
 
 
 def unravel_rows(params: Any, rows: np.ndarray) -> Any:
-    """Flat vectors ``rows`` ``(k, n)`` as a pytree like ``params`` with leaves ``(k, *leaf.shape)``.
+    """Flat vectors ``rows`` ``(k, n)`` as a pytree like ``params``, leaves ``(k, *leaf.shape)``.
 
     The inverse of :func:`jax.flatten_util.ravel_pytree` applied row by row,
     on the host; each leaf gets its parameter's dtype.

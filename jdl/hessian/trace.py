@@ -145,6 +145,7 @@ def trace(loss_fn: Callable, params: Any, data: Any, *, key: jax.Array, num_samp
             if samples.std(ddof=1) / np.sqrt(samples.size) <= rtol * abs(estimate):
                 break
     matvecs += samples.size
-    stderr = float(samples.std(ddof=1) / np.sqrt(samples.size)) if samples.size > 1 else float("inf")
+    stderr = (float(samples.std(ddof=1) / np.sqrt(samples.size)) if samples.size > 1
+              else float("inf"))
     return TraceEstimate(float(exact + samples.mean()), stderr, samples, exact, matvecs)
 
