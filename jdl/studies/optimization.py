@@ -1283,15 +1283,15 @@ def batch_variance(ctx, sampling="random"):
         grads = _per_example_grads(loss, params, x, y)
         full = grads.mean(0)
         total = jnp.sum((grads - full) ** 2, 1).mean()
+        # one random permutation per draw; the batch of size b is its first b examples
+        perms = jax.vmap(lambda kk: jax.random.permutation(kk, n))(jax.random.split(k, draws))
+        starts = jax.random.randint(k, (draws,), 0, n)
         errors = []
-        for i, b in enumerate(sizes):
-            kb = jax.random.fold_in(k, i)
-            if sampling == "random":  # the first b of a fresh permutation, per draw
-                idx = jax.vmap(lambda kk: jax.random.permutation(kk, n)[:b])(
-                    jax.random.split(kb, draws))
+        for b in sizes:
+            if sampling == "random":
+                idx = perms[:, :b]
             else:  # a contiguous window of the class-sorted data
-                start = jax.random.randint(kb, (draws,), 0, n - b + 1)
-                idx = start[:, None] + jnp.arange(b)
+                idx = jnp.minimum(starts, n - b)[:, None] + jnp.arange(b)
             batch_grads = grads[idx].mean(1)
             errors.append(jnp.sum((batch_grads - full) ** 2, 1).mean())
         return jnp.stack(errors), total
@@ -1884,10 +1884,11 @@ def _concurrency(init, stages, x) -> tuple[int, dict]:
     params = init(jax.random.key(0))
     names = list(params)
     depends = {}
+    moves = jax.jit(lambda p, t, x: jax.jvp(lambda q: stages(q, x), (p,), (t,))[1])
     for i in names:
         tangent = {n: jax.tree.map(jnp.ones_like if n == i else jnp.zeros_like, p)
                    for n, p in params.items()}
-        _, moved = jax.jvp(lambda p: stages(p, x), (params,), (tangent,))
+        moved = moves(params, tangent, x)
         depends[i] = {j: bool(jnp.any(moved[j] != 0)) for j in names if j != i}
     for size in range(len(names), 0, -1):
         for group in itertools.combinations(names, size):
