@@ -360,7 +360,8 @@ def decision_boundary(ctx, xor_params=None, hidden=4):
         method="(1) XOR from two hand-set ReLU units (h1 = relu(x1+x2), h2 = relu(x1+x2-1), "
                "y = h1 - 2h2), a jdl.nn 2-2-1 net: the table of hidden combinations per input "
                "and the four outputs; the best of 20000 random linear boundaries, for "
-               f"comparison. (2) A 2-{hidden}-1 ReLU net trained (jdl.train.fit, Adam) on two standardised "
+               f"comparison. (2) A 2-{hidden}-1 ReLU net trained (jdl.train.fit, Adam) on two "
+               "standardised "
                "breast_cancer features: on a 200x200 grid, each point's on/off pattern of the "
                "hidden units and the linear output map of that pattern, against the net.",
         numbers={"xor_correct": xor_correct, "xor_outputs": xor_out.tolist(),
