@@ -37,6 +37,7 @@ _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_le
 
 def _step_indices(key, num_examples: int, batch_size: int, steps: int) -> jax.Array:
     """``(steps, batch_size)`` minibatch indices, epoch after epoch of random permutations."""
+    batch_size = min(batch_size, num_examples)
     epochs = -(-steps // (num_examples // batch_size))
     keys = jax.random.split(key, epochs)
     idx = jax.vmap(lambda k: data.batch_indices(k, num_examples, batch_size))(keys)
@@ -90,8 +91,8 @@ def _stream(seed: int, steps: int, batch_size: int = 32, lr: float = 0.1):
 
 
 def _gradients(ctx):
-    grads, w0 = _stream(ctx.seed, ctx.pick(150, 600, 3000))
-    return grads, w0
+    """The shared gradient stream of this run's mode: ``(grads (steps, params), w0)``."""
+    return _stream(ctx.seed, ctx.pick(150, 600, 3000))
 
 
 def _feed(optimizers: dict, grads, w0) -> dict:
