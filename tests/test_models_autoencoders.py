@@ -10,15 +10,15 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jdl import data, losses, models
+from jdl import data, losses, models, nn
 from jdl import train as jt
 
 DIGITS = data.load("digits", images=True, key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("name,layer,shape", [
-    ("reshape", models.reshape((2, 3)), (2, 6)),
-    ("upsample", models.upsample((2, 3)), (2, 3, 2, 2)),
+    ("reshape", nn.reshape((2, 3)), (2, 6)),
+    ("upsample", nn.upsample((2, 3)), (2, 3, 2, 2)),
     ("dense_autoencoder", models.dense_autoencoder((4, 4, 1), 3, activation="tanh"),
      (2, 4, 4, 1)),
     ("conv_autoencoder", models.conv_autoencoder((2,), image_channels=2), (2, 2, 2, 2)),
@@ -40,7 +40,7 @@ def test_layers_shapes_and_gradients(name, layer, shape):
 
 def test_upsample_is_nearest_neighbour():
     x = jnp.arange(6.0).reshape(1, 2, 3, 1)
-    y, _ = models.upsample(2).apply({}, x)
+    y, _ = nn.upsample(2).apply({}, x)
     expected = np.kron(np.asarray(x[0, :, :, 0]), np.ones((2, 2)))
     np.testing.assert_array_equal(y[0, :, :, 0], expected)
 
@@ -213,14 +213,14 @@ def test_random_rotation_draws_angles_from_the_key():
 
 def test_autoencoder_bad_input():
     with pytest.raises(ValueError, match="autoencoder: decoder output shape"):
-        models.autoencoder(models.reshape((4,)), models.reshape((2, 2))).init(
+        models.autoencoder(nn.reshape((4,)), nn.reshape((2, 2))).init(
             jax.random.key(0), (-1, 4))
     with pytest.raises(TypeError, match="autoencoder: expected a Layer for decoder"):
-        models.autoencoder(models.reshape((4,)), None)
+        models.autoencoder(nn.reshape((4,)), None)
     with pytest.raises(ValueError, match="reshape: expected examples of 4 elements"):
-        models.reshape((2, 2)).apply({}, jnp.ones((3, 5)))
+        nn.reshape((2, 2)).apply({}, jnp.ones((3, 5)))
     with pytest.raises(ValueError, match="upsample: expected an input shape"):
-        models.upsample(2).apply({}, jnp.ones((3, 5)))
+        nn.upsample(2).apply({}, jnp.ones((3, 5)))
     with pytest.raises(ValueError, match="encode: expected an autoencoder Layer"):
         models.encode(models.unet((2, 3)), {}, jnp.ones((1, 4, 4, 1)))
     with pytest.raises(ValueError, match="denoising_objective: expected noise >= 0"):

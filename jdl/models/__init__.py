@@ -12,7 +12,7 @@ from jdl.models.anomaly import anomaly_score, auroc
 from jdl.models.augment import random_rotation, rotate, rotation_objective
 from jdl.models.autoencoders import (
     autoencoder, conv_autoencoder, decode, dense_autoencoder, denoising_objective, encode,
-    reconstruction_objective, reshape, sparsity, unet, upsample)
+    reconstruction_objective, sparsity, unet)
 from jdl.models.bias import (
     CORNERS, Planted, add_to_all_classes, corner_patch_mask, input_gradient_penalty,
     plant_feature, reliance, remove_feature, spurious_column)
@@ -34,8 +34,8 @@ __all__ = [
     "sequence_model", "warm_up_h0",
     # auto-encoders
     "anomaly_score", "auroc", "autoencoder", "conv_autoencoder", "decode", "dense_autoencoder",
-    "denoising_objective", "encode", "random_rotation", "reconstruction_objective", "reshape",
-    "rotate", "rotation_objective", "sparsity", "unet", "upsample",
+    "denoising_objective", "encode", "random_rotation", "reconstruction_objective",
+    "rotate", "rotation_objective", "sparsity", "unet",
     # ensembles and domain adaptation
     "Ensemble", "Uncertainty", "dann", "dann_loss", "disagreement", "domain_accuracy", "entropy",
     "expected_entropy", "fit_ensemble", "gradient_reversal", "member_probabilities",

@@ -16,12 +16,12 @@ from jdl.nn.dropout import dropout
 from jdl.nn.normalization import batch_norm, layer_norm
 from jdl.nn.pooling import avg_pool, max_pool
 from jdl.nn.recurrent import lstm, lstm_cell, rnn, rnn_cell
-from jdl.nn.reshape import flatten
+from jdl.nn.reshape import flatten, reshape, upsample
 
 __all__ = [
-    "Layer", "activation", "activations", "attention", "avg_pool", "batch_norm", "conv2d",
-    "dense", "dropout", "flatten", "identity", "initializers", "layer_norm", "log_softmax",
-    "lstm", "lstm_cell", "max_pool", "notes_attention", "parallel", "relu", "residual", "rnn",
+    "Layer", "activation", "activations", "attention", "avg_pool", "batch_norm", "conv2d", "dense",
+    "dropout", "flatten", "identity", "initializers", "layer_norm", "log_softmax", "lstm",
+    "lstm_cell", "max_pool", "notes_attention", "parallel", "relu", "reshape", "residual", "rnn",
     "rnn_cell", "scaled_tanh", "self_attention", "serial", "sigmoid", "softmax", "stateless",
-    "tanh",
+    "tanh", "upsample",
 ]

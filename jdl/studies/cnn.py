@@ -784,10 +784,8 @@ def _sharing_models(size, channels, kernel, padding):
     out = size if padding == "SAME" else size - kernel + 1
     head = [nn.activation("relu"), nn.max_pool(out), nn.flatten(), nn.dense(10)]
     conv = nn.serial(nn.conv2d(channels, kernel, padding=padding), *head)
-    to_map = nn.stateless("reshape", {"shape": (out, out, channels)},
-                          lambda s: (s[0], out, out, channels),
-                          lambda x: x.reshape(x.shape[0], out, out, channels))
-    local = nn.serial(nn.flatten(), nn.dense(out * out * channels), to_map, *head)
+    local = nn.serial(nn.flatten(), nn.dense(out * out * channels),
+                      nn.reshape((out, out, channels)), *head)
     return conv, local
 
 
