@@ -264,7 +264,9 @@ def binary_cross_entropy(p_or_logit: ArrayLike, t: ArrayLike, *, from_logits: bo
             f"binary_cross_entropy: expected targets t in [0, 1], "
             f"got values in [{targets.min()}, {targets.max()}]")
     if from_logits:
-        values = jnp.maximum(y, 0) - t * y + jnp.log1p(jnp.exp(-jnp.abs(y)))
+        # softplus form: exact for any logit and differentiable at 0, where the
+        # max/abs form gives JAX a one-sided derivative (-t instead of 1/2 - t).
+        values = t * jax.nn.softplus(-y) + (1 - t) * jax.nn.softplus(y)
     else:
         probs = _concrete(y)
         if probs is not None and probs.size and (probs.min() < 0 or probs.max() > 1):

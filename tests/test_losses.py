@@ -192,6 +192,16 @@ def test_binary_cross_entropy_with_01_labels_equals_logloss(shape):
     np.testing.assert_allclose(bce, losses.logloss(y, t, reduction="none"), rtol=1e-13)
 
 
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
+def test_binary_cross_entropy_gradient_is_sigmoid_minus_target(t):
+    """d/dy BCE(y, t) = sigmoid(y) - t, also at y = 0 and at large |y|."""
+    y = jnp.array([-800.0, -3.0, 0.0, 2.0, 800.0])
+    tt = jnp.full_like(y, t)
+    grad = jax.grad(lambda y: losses.binary_cross_entropy(y, tt, from_logits=True,
+                                                          reduction="sum"))(y)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(y) - t, rtol=1e-12, atol=1e-300)
+
+
 def test_binary_cross_entropy_probabilities_equal_logits():
     y, t = _normal(5, (6, 2)), jax.random.uniform(jax.random.key(6), (6, 2), jnp.float64)
     from_probs = losses.binary_cross_entropy(jax.nn.sigmoid(y), t, reduction="none")
