@@ -66,7 +66,8 @@ def _start(key: jax.Array, locked: np.ndarray, num_locked: int):
     Drawn on the host from the key's bits (the driver loop runs there): the
     same key gives the same vectors, and no program is compiled for them.
     """
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if typed else key).ravel())
     v, restart = rng.standard_normal((2, locked.shape[1]))
     rows = locked[:num_locked]
     for _ in range(2 if num_locked else 0):
