@@ -90,7 +90,7 @@ def _finite(value):
 
 
 def run(args) -> int:
-    """Compute the spectrum summary; write ``<out>/hessian_<dataset>.json`` and ``..._density.png``."""
+    """Compute the spectrum summary; write ``<out>/hessian_<dataset>.json`` and the density PNG."""
     batch, loss_fn, params = _problem(args)
     report = {"dataset": args.dataset, "examples": int(batch[0].shape[0]),
               "hidden": args.hidden, "activation": args.activation,
