@@ -251,3 +251,22 @@ def test_adamw_decays_weights_decoupled_from_the_gradient():
 def test_bad_hyperparameters_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_momentum_sweep_can_be_vmapped():
+    """A traced momentum (vmap over beta) passes the argument check and matches single runs."""
+    grads = {"w": jnp.array([1.0, -2.0])}
+
+    def two_steps(beta):
+        tx = jt.heavy_ball(0.1, beta)
+        state = tx.init(grads)
+        _, state = tx.update(grads, state)
+        updates, _ = tx.update(grads, state)
+        return updates["w"]
+
+    betas = jnp.array([0.0, 0.5, 0.9])
+    swept = jax.vmap(two_steps)(betas)
+    for i, beta in enumerate([0.0, 0.5, 0.9]):
+        np.testing.assert_allclose(swept[i], two_steps(beta), rtol=1e-12)
+    with pytest.raises(ValueError, match="heavy_ball: expected 0 <= momentum < 1"):
+        jt.heavy_ball(0.1, 1.0)

@@ -32,6 +32,12 @@ import optax
 ScalarOrSchedule = Any
 
 
+def _check_momentum(fn_name: str, momentum) -> None:
+    """Reject a concrete momentum outside ``[0, 1)``; a traced one (a vmapped sweep) passes."""
+    if not isinstance(momentum, jax.core.Tracer) and not 0 <= float(momentum) < 1:
+        raise ValueError(f"{fn_name}: expected 0 <= momentum < 1, got {momentum!r}")
+
+
 def _with_decay(weight_decay: float, tx: optax.GradientTransformation, fn_name: str):
     if weight_decay < 0:
         raise ValueError(f"{fn_name}: expected weight_decay >= 0, got {weight_decay!r}")
@@ -55,16 +61,14 @@ def heavy_ball(learning_rate: ScalarOrSchedule, momentum: float = 0.9, *,
     contracts by ``(sqrt κ - 1)/(sqrt κ + 1)`` per step, against ``(κ - 1)/(κ + 1)``
     for gradient descent.
     """
-    if not 0 <= momentum < 1:
-        raise ValueError(f"heavy_ball: expected 0 <= momentum < 1, got {momentum!r}")
+    _check_momentum("heavy_ball", momentum)
     return _with_decay(weight_decay, optax.sgd(learning_rate, momentum=momentum), "heavy_ball")
 
 
 def nesterov(learning_rate: ScalarOrSchedule, momentum: float = 0.9, *,
              weight_decay: float = 0.0) -> optax.GradientTransformation:
     """Nesterov momentum, the look-ahead form ``w -= η (β v + g)`` with ``v = β v + g``."""
-    if not 0 <= momentum < 1:
-        raise ValueError(f"nesterov: expected 0 <= momentum < 1, got {momentum!r}")
+    _check_momentum("nesterov", momentum)
     tx = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
     return _with_decay(weight_decay, tx, "nesterov")
 
