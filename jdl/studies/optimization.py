@@ -56,11 +56,6 @@ def _accuracy(logits, labels) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def _stack(trees: list) -> Any:
-    """Stack a list of like pytrees along a new leading (lane) axis."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
 def _compile(fn: Callable, *args, level: int = 0) -> Callable:
     """``jit(fn)`` compiled for ``args`` at XLA CPU backend optimisation ``level`` (0-3).
 
@@ -154,11 +149,6 @@ def _train_lanes(loss_fn: Callable, make_optimizer: Callable, init_fn: Callable,
     return params, history, jax.tree.map(np.asarray, finals)
 
 
-def _lane(tree: Any, i: int) -> Any:
-    """Lane ``i`` of a lane-stacked pytree."""
-    return jax.tree.map(lambda a: a[i], tree)
-
-
 def _mlp(widths: tuple[int, ...], activation: str, outputs: int, w_init="lecun_normal",
          b_init="zeros") -> nn.Layer:
     """``dense -> activation`` per hidden width, then a dense output layer."""
@@ -200,7 +190,10 @@ def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, logy=Fals
 
 
 def _unit_spread(w_in) -> jax.Array:
-    """Largest distance of a hidden unit's incoming weights from unit 0's, relative: ``(lanes,)``."""
+    """Largest distance of a hidden unit's incoming weights from unit 0's, relative.
+
+    ``w_in``: ``(lanes, inputs, units)``; returns ``(lanes,)``.
+    """
     diff = jnp.linalg.norm(w_in - w_in[..., :1], axis=-2).max(-1)
     return diff / jnp.linalg.norm(w_in[..., 0], axis=-1)
 
@@ -670,7 +663,7 @@ def depth_resnet(ctx, depths=None, activation="tanh", width=32, lr=0.05):
     residual_lane = jnp.repeat(jnp.array([False, True]), len(depths))
     epochs = ctx.pick(5, 15, 40)
     lanes = depth_lane.shape[0]
-    _, hist, out = _train_lanes(
+    _, _, out = _train_lanes(
         loss, lambda c: jt.sgd(lr), init, {"depth": depth_lane, "residual": residual_lane},
         (x_tr, ds.y_train), epochs=epochs, batch_size=32, init_keys=jnp.stack([k_init] * lanes),
         run_keys=jnp.stack([k_run] * lanes), final=final, allow_divergence=True,
@@ -866,7 +859,8 @@ def lr_decay_escape(ctx, width=0.05, noise=1.0):
     figure = ctx.save_figure(fig, "opt_lr_decay_escape")
     return Finding(
         verdict=verdict,
-        summary=f"escaped the local minimum: {', '.join(f'{n} {e:.0%}' for n, e in zip(names, escaped))}; "
+        summary="escaped the local minimum: "
+                f"{', '.join(f'{n} {e:.0%}' for n, e in zip(names, escaped))}; "
                 f"final f - f*: {', '.join(f'{v:.2g}' for v in final)}",
         method=f"1-D landscape 0.25 (x-2)^2 - 0.6 exp(-x^2 / (2 * {width}^2)) (global minimum "
                f"near 2, local minimum at 0 with curvature ~{0.6 / width ** 2 + 0.5:.0f}); SGD "
@@ -916,7 +910,7 @@ def _momentum_optimizer(kind: str, lr, beta):
        "contribute to the current gradient estimation, not that the effective learning rate "
        "depends both on the momentum and lr hyperparameters.")
 def momentum_effective_lr(ctx, optimizer="heavy_ball", betas=(0.0, 0.5, 0.9, 0.99), lr=0.01):
-    """Step size on a constant gradient against ``lr / (1 - beta)``; digits runs at equal lr/(1-beta).
+    """Step on a constant gradient against ``lr / (1 - beta)``; digits runs at equal lr/(1-beta).
 
     ``optimizer="adam"`` (``b1 = beta``): Adam's step does not grow with ``b1``.
     """
@@ -1149,7 +1143,7 @@ def sgd_phases(ctx, batch_size=8):
 @study("opt.robbins-monro", SECTION,
        "learning rate decay should converge to 0 but its series should converge to infinity")
 def robbins_monro(ctx, schedules=None):
-    """SGD (batch 1) under schedules that meet or break ``lr -> 0``, ``Σ lr = ∞``, ``Σ lr² < ∞``.
+    """SGD (batch 1) under schedules meeting or breaking ``lr -> 0``, ``Σ lr = ∞``, ``Σ lr² < ∞``.
 
     Whitened diabetes linear regression (exact optimum). ``schedules`` maps
     names to ``jdl.train`` schedules (default: constant, a/(b+t),
@@ -1301,6 +1295,8 @@ def batch_variance(ctx, sampling="random"):
     params = jax.jit(lambda k: model.init(k, (-1, 64), F32)[1])(k_init)
     errors, total = (np.asarray(a, np.float64) for a in _compile(measure, params, x, y, k_draw)(
         params, x, y, k_draw))
+    how = ("the first B of a random permutation" if sampling == "random" else
+           "contiguous windows of the class-sorted data")
     b = np.asarray(sizes, np.float64)
     predicted = total / b * (n - b) / (n - 1)  # sampling without replacement
     small = b <= 64
@@ -1319,7 +1315,7 @@ def batch_variance(ctx, sampling="random"):
                 f"{ratio.min():.2f}..{ratio.max():.2f}",
         method=f"digits, 64-32-10 tanh MLP at its LeCun init; per-example gradients of all "
                f"{n} training examples; for each B, {draws} minibatches "
-               f"({'the first B of a random permutation' if sampling == 'random' else 'contiguous windows of the class-sorted data'}), "
+               f"({how}), "
                "E|g_B - G|^2 against the sampling-without-replacement formula.",
         numbers={"batch_sizes": sizes, "variance": errors.tolist(),
                  "formula": predicted.tolist(), "slope_small_batches": slope,
@@ -1403,22 +1399,23 @@ def batch_diversity(ctx, mix=0.8):
     model, plain_loss = _digits_mlp_loss()
     seeds = ctx.pick(1, 2, 4)
 
-    def loss(params, config, idx, k):  # each lane trains on its own copy of the data
-        return plain_loss(params, (config["x"][idx], y[idx]))
+    def loss(params, config, batch, k):  # each lane trains on its own copy of the inputs
+        idx, labels = batch
+        return plain_loss(params, (config["x"][idx], labels))
 
-    def final(params, config, ev, start):
-        del ev
-        return {"start": _noise_scale(_per_example_grads(plain_loss, start, config["x"], y)),
-                "trained": _noise_scale(_per_example_grads(plain_loss, params, config["x"], y))}
+    def final(params, config, labels, start):
+        return {"start": _noise_scale(_per_example_grads(plain_loss, start, config["x"], labels)),
+                "trained": _noise_scale(_per_example_grads(plain_loss, params, config["x"],
+                                                           labels))}
 
     epochs = ctx.pick(5, 5, 10)
     lanes = 2 * seeds
     _, hist, out = _train_lanes(
         loss, lambda c: jt.sgd(0.1), lambda k, c: model.init(k, (-1, 64), F32)[1],
-        {"x": jnp.repeat(jnp.stack([x, x_red]), seeds, 0)}, jnp.arange(x.shape[0]),
+        {"x": jnp.repeat(jnp.stack([x, x_red]), seeds, 0)}, (jnp.arange(x.shape[0]), y),
         epochs=epochs, batch_size=32,
         init_keys=jnp.tile(jax.random.split(k_init, seeds), (2,)),
-        run_keys=jnp.stack([k_run] * lanes), final=final)
+        run_keys=jnp.stack([k_run] * lanes), final=final, eval_data=y)
     start = out["start"].reshape(2, seeds).mean(1)
     trained = out["trained"].reshape(2, seeds).mean(1)
     train_loss = hist["loss"][:, -1].reshape(2, seeds).mean(1)
@@ -1516,6 +1513,7 @@ def batch_regularise(ctx, sizes=(8, 32, 128, 512), lr=0.05, label_noise=0.0):
     verdict, level, matched, rise = _batch_regularisation_verdict(sizes, hist["train"],
                                                                   hist["test"])
     train_end, test_end = hist["train"][:, -1], hist["test"][:, -1]
+    noisy = f", {label_noise:.0%} labels randomised" if label_noise else ""
 
     import matplotlib.pyplot as plt
 
@@ -1535,7 +1533,7 @@ def batch_regularise(ctx, sizes=(8, 32, 128, 512), lr=0.05, label_noise=0.0):
                 f"({rise:+.1%} from B={sizes[0]} to {sizes[-1]}); after {epochs} epochs the "
                 f"gap test-train is {test_end[0] - train_end[0]:.3f} for B={sizes[0]} vs "
                 f"{test_end[-1] - train_end[-1]:.3f} for B={sizes[-1]}",
-        method=f"digits (standardised{f', {label_noise:.0%} labels randomised' if label_noise else ''}), "
+        method=f"digits (standardised{noisy}), "
                f"64-64-10 tanh MLP, SGD, batch B in {list(sizes)} as accumulated minibatches of "
                f"{micro} (optax.MultiSteps), lr {lr} sqrt(B/{micro}), {epochs} epochs, the same "
                "init and example order; full training and test loss after every epoch. "
@@ -1913,7 +1911,8 @@ def model_parallel(ctx, kind="serial"):
     concurrent, depends = _concurrency(*_stage_models(kind), x)
     equal = r["layer_split_max_difference"] < 1e-12 and r["tensor_split_max_difference"] < 1e-12
     spread = r["kernel_entries_per_device"] == [r["kernel_entries"] // DEVICES] * DEVICES
-    verdict = HOLDS if equal and spread and concurrent > 1 else CAVEAT if equal and spread else FAILS
+    verdict = (HOLDS if equal and spread and concurrent > 1 else
+               CAVEAT if equal and spread else FAILS)
     return Finding(
         verdict=verdict,
         summary=f"split by layers over {DEVICES} devices: output difference "
@@ -2178,23 +2177,23 @@ def random_batches(ctx, batch_size=32):
                         jnp.argsort(ds.y_train, stable=True).astype(jnp.int32)])
     names = ["fresh random", "shuffled once, in sequence", "class-sorted, in sequence"]
     model, plain_loss = _digits_mlp_loss()
-    x, y = ds.x_train, ds.y_train
 
     def loss(params, config, idx, k):  # the lane's order maps batch positions to examples
         rows = config["order"][idx]
-        return plain_loss(params, (x[rows], y[rows]))
+        return plain_loss(params, (config["x"][rows], config["y"][rows]))
 
     def final(params, config, ev, start):
-        (xt, yt) = ev
+        xt, yt = ev
         return {"test_accuracy": _accuracy(model.apply(params, xt)[0], yt),
-                "train_loss": plain_loss(params, (x, y))}
+                "train_loss": plain_loss(params, (config["x"], config["y"]))}
 
     seeds = ctx.pick(1, 2, 4)
     epochs = ctx.pick(5, 20, 40)
     lanes = 3 * seeds
-    _, hist, out = _train_lanes(
+    _, _, out = _train_lanes(
         loss, lambda c: jt.sgd(0.1), lambda k, c: model.init(k, (-1, 64), F32)[1],
-        {"order": jnp.repeat(orders, seeds, 0)}, jnp.arange(n), epochs=epochs,
+        {"order": jnp.repeat(orders, seeds, 0), "x": jnp.stack([ds.x_train] * lanes),
+         "y": jnp.stack([ds.y_train] * lanes)}, jnp.arange(n), epochs=epochs,
         batch_size=batch_size, init_keys=jnp.tile(jax.random.split(k_init, seeds), (3,)),
         run_keys=jax.random.split(k_run, lanes), final=final, eval_data=(ds.x_test, ds.y_test),
         in_order=jnp.repeat(jnp.array([False, True, True]), seeds))
