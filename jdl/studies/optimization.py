@@ -1187,6 +1187,7 @@ def robbins_monro(ctx, schedules=None):
     for i, n in enumerate(names):
         ax1.loglog(np.maximum(t[::100], 1), tables[i, ::100], label=n)
         ax2.loglog(np.arange(epochs + 1) * 265 + 1, excess[i], label=n)
+    ax1.set_ylim(lr0 * 1e-5, lr0 * 2)
     ax1.set_xlabel("step")
     ax1.set_ylabel("learning rate")
     ax1.legend(fontsize=6)
