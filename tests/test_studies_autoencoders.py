@@ -1,7 +1,6 @@
 """Auto-encoder studies: each runs in its tiny configuration; verdicts follow the numbers."""
 
-import math
-
+import numpy as np
 import pytest
 
 from jdl import studies
@@ -55,8 +54,11 @@ def test_rescaling_degeneracy_is_exact_for_relu_only(ctx):
 def test_untestable_uses_report_their_nearest_reading(ctx):
     uses = ae.uses(ctx)
     assert uses.verdict == UNTESTABLE and uses.caveat
-    # PCA-16 beats the empty code (error = total variance) and loses to no compression
-    assert 0 < uses.numbers["pca_error"] < 10
+    ds = ae._digits(ctx.seed)
+    x_tr = np.asarray(ds.x_train, np.float64).reshape(len(ds.x_train), -1)
+    x_te = np.asarray(ds.x_test, np.float64).reshape(len(ds.x_test), -1)
+    no_code = ((x_te - x_tr.mean(0)) ** 2).sum(1).mean()   # zero components: the mean image
+    assert 0 < uses.numbers["pca_error"] < 0.3 * no_code   # 16 of 64 components keep most
     probe = ae.sparse_uses(ctx)
     assert probe.verdict == UNTESTABLE and probe.caveat
     accuracies = probe.numbers["probe_accuracy"]
@@ -82,7 +84,7 @@ def test_rotation_flips_without_rotations(ctx):
 def test_anomaly_flips_when_the_anomalies_were_trained_on(ctx):
     finding = ae.anomaly(ctx)
     assert finding.verdict == HOLDS
-    assert math.isclose(finding.numbers["auroc"], finding.numbers["auroc"])
+    assert 0.8 <= finding.numbers["auroc"] <= 1.0
     seen = ae.anomaly(ctx, normal_classes=tuple(range(10)))   # every class is normal
     assert seen.verdict == FAILS
     assert seen.numbers["auroc"] < finding.numbers["auroc"]

@@ -133,9 +133,9 @@ def _image_rows(ctx, name, rows: dict, title: str) -> str:
 
 
 @study("ae.sparse", SECTION,
-       "Loss function for encoders is the reconstruction cost + sparsity term + Weight "
-       "restriction; sp = torch.sum(torch.abs(z)); return (rec + lam * sp) / x.shape[0] "
-       "(sparse codes)")
+       "def get_squared_loss_with_sparisty(x, model): lam=0.5; ... rec = torch.sum((x - x_rec) "
+       "** 2); # Sparsity term sp = torch.sum(torch.abs(z)); return (rec + lam * sp) / "
+       "x.shape[0] (the sparsity term gives sparse codes)")
 def sparse_codes(ctx, lam=NOTES_LAM, min_gain=0.1):
     """The L1 term's effect on the code: zero units overall and among the units in use.
 
@@ -340,7 +340,8 @@ def sparse_uses(ctx):
                 "from the pixels",
         method=f"dense auto-encoders (code {CODE}) trained {epochs} epochs on digits without and "
                f"with the L1 term (lam={NOTES_LAM}); a linear probe (scikit-learn ridge "
-               "classifier on standardised inputs) trained on the training codes, scored on the test codes.",
+               "classifier on standardised inputs) trained on the training codes, scored on "
+               "the test codes.",
         numbers={"probe_accuracy": accuracies, "active_units_per_example": active},
         threshold="not testable as stated: a list of uses with no criterion",
         caveat="A list of applications, not a checkable property: 'correlating data' and "

@@ -122,6 +122,11 @@ def bptt(ctx, recurrent_term=True, hidden=16, batch=32):
         "earlier states (truncated BPTT); the notes' full formula is exact.")
 
 
+def _rounded(values) -> list[float]:
+    """A short list for the report: 4 significant digits."""
+    return [float(f"{v:.4g}") for v in np.asarray(values, np.float64)]
+
+
 def _rel(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
@@ -270,8 +275,8 @@ def initial_state(ctx, recurrent_scale=1.0, h0_scale=1.0, starts=8, forget_ratio
                f"trained with random h0 (scale {h0_scale}, first seed): the mean pairwise distance "
                f"between hidden trajectories of the test digits started from {starts} random h0, "
                f"per step, relative to t = 0 (w_h scaled by {recurrent_scale}).",
-        numbers={"distance_ratio_per_step": ratios.tolist(),
-                 "distance_ratio_per_step_zeros_model": (zeros_spread / zeros_spread[0]).tolist(),
+        numbers={"distance_ratio_per_step": _rounded(ratios),
+                 "distance_ratio_per_step_zeros_model": _rounded(zeros_spread / zeros_spread[0]),
                  "prediction_agreement_between_random_h0": agreement, "accuracy": accuracy,
                  "accuracy_per_seed": {k: v.tolist() for k, v in accuracies.items()},
                  "monotone": monotone, "recurrent_scale": recurrent_scale, "epochs": epochs},
@@ -403,7 +408,7 @@ def lstm_memory(ctx, delay=None, forget_bias=1.0, min_gain=0.2, probe=32):
                "can mean expanding, chaotic dynamics rather than memory).",
         numbers={"accuracy": accuracy, "accuracy_gain": gain, "final_gradient_norm": last,
                  "log_decay_per_step": rates,
-                 "gradient_norms": {k: v.tolist() for k, v in norms.items()},
+                 "gradient_norms": {k: _rounded(v) for k, v in norms.items()},
                  "delay": delay, "forget_bias": forget_bias, "epochs": epochs},
         threshold=f"memory: LSTM accuracy >= RNN + {min_gain:g}; gradients: at initialisation "
                   "(where training starts) the LSTM's ||dh_T/ds_0|| > 10x the RNN's. Holds if "
@@ -484,16 +489,17 @@ def lstm_gates(ctx, cell=nn.lstm_cell, probe=48):
     output_effect = float(m["output_effect"])
     f, i, o = m["f"], m["i"], m["o"]
     digit, noise = slice(0, 8), slice(8, None)
-    gates = {name: {"digit_rows": float(v[digit].mean()), "noise_rows": float(v[noise].mean())}
-             for name, v in (("forget", f), ("input", i), ("output", o))}
+    gates = {f"{name}_gate_{rows}": float(v[where].mean())
+             for name, v in (("forget", f), ("input", i), ("output", o))
+             for rows, where in (("digit_rows", digit), ("noise_rows", noise))}
     matches = err_c < EXACT and err_h < EXACT and err_forget < EXACT and output_effect == 0.0
     return Finding(
         verdict=HOLDS if matches else FAILS,
         summary=f"the description as equations reproduces the cell (c_t error {err_c:.0e}, h_t "
                 f"{err_h:.0e}); dc_t/dc_(t-1) = diag(f) to {err_forget:.0e}; trained on the "
-                f"memory task, forget gate {gates['forget']['digit_rows']:.2f} on digit rows, "
-                f"{gates['forget']['noise_rows']:.2f} on noise rows; input gate "
-                f"{gates['input']['digit_rows']:.2f} -> {gates['input']['noise_rows']:.2f}",
+                f"memory task, forget gate {gates['forget_gate_digit_rows']:.2f} on digit rows, "
+                f"{gates['forget_gate_noise_rows']:.2f} on noise rows; input gate "
+                f"{gates['input_gate_digit_rows']:.2f} -> {gates['input_gate_noise_rows']:.2f}",
         method=f"the LSTM of rnn.lstm-memory ({HIDDEN} hidden units, digit + {delay} noise rows, "
                f"{epochs} epochs), run over {probe} test sequences in float64. The notes' "
                "description as equations (gates f, i, o = sigmoid, candidate g = tanh of the "
@@ -502,7 +508,7 @@ def lstm_gates(ctx, cell=nn.lstm_cell, probe=48):
                "bias) by forward-mode autodiff; mean gate values on digit and noise rows.",
         numbers={"relative_error_c": err_c, "relative_error_h": err_h,
                  "relative_error_dc_dc_prev_vs_diag_f": err_forget,
-                 "max_output_gate_effect_on_c": output_effect, "mean_gates": gates,
+                 "max_output_gate_effect_on_c": output_effect, **gates,
                  "delay": delay},
         threshold=f"holds if the equations reproduce c_t and h_t and dc_t/dc_(t-1) = diag(f) to "
                   f"{EXACT:g}, and the output gate has no effect on c_t",
