@@ -363,10 +363,11 @@ def zero_init(ctx, activations=("tanh", "relu", "sigmoid"), hidden_layers=1):
         threshold="holds if the zero-init net is stuck (final loss > prior loss - 0.05) for "
                   "every activation; caveat if for some; does not hold if for none",
         caveat="" if verdict == HOLDS else
-        ("With tanh and ReLU (f(0) = 0, and ReLU'(0) = 0) zero weights give exactly zero "
-         "gradients to every hidden weight: a saddle the net never leaves. With f(0) != 0 "
-         "(sigmoid) the output weights move, the net leaves the plateau, but every hidden unit "
-         "stays identical (spread 0): a one-unit net (see opt.symmetry)."
+        (f"Stuck for {[a for a, x in zip(activations, stuck) if x]}: with f(0) = 0 (tanh; "
+         "ReLU, whose slope at 0 is 0 in JAX) zero weights give exactly zero gradients to "
+         "every hidden weight, a saddle the net never leaves. With f(0) != 0 (sigmoid: "
+         f"{escaped}) the output weights move and the net leaves the plateau, but every hidden "
+         "unit stays identical (spread 0): a one-unit net (see opt.symmetry)."
          if any(stuck) else "Without hidden layers the problem is convex and zero is a "
          "fine start: the plateau needs hidden units."),
         figures=[figure])
