@@ -159,7 +159,12 @@ def fit_center(x: jax.Array) -> Transform:
 
 
 def fit_standardize(x: jax.Array, eps: float = 1e-8) -> Transform:
-    """Centre and divide each feature by its standard deviation (``eps`` guards constants)."""
+    """Centre and divide each feature by its standard deviation, floored at ``eps``.
+
+    Digits' border pixels are almost always blank in training: with a tiny
+    floor, one rare ink pixel at test time becomes a huge input. Pass a
+    larger ``eps`` (e.g. ``0.1`` for pixels in ``[0, 1]``) for such data.
+    """
     x = _check_2d("fit_standardize", x)
     return Transform(x.mean(0), 1.0 / jnp.maximum(x.std(0), eps))
 

@@ -13,8 +13,8 @@ from jdl.studies.registry import (
 
 _FRAMEWORK = {"registry", "runner", "report"}
 # The notes' order; a section module not named here is imported after these.
-SECTION_ORDER = ("backprop", "optimization", "statistics", "adam", "regularization", "losses",
-                 "cnn", "rnn", "autoencoders", "xai")
+SECTION_ORDER = ("backprop", "optimization", "conditioning", "statistics", "adam",
+                 "regularization", "losses", "cnn", "rnn", "autoencoders", "xai")
 
 
 def load_all() -> dict[str, Study]:
