@@ -125,6 +125,18 @@ def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, title=Non
     return ctx.save_figure(fig, name)
 
 
+def _pca(x: jax.Array, components: int) -> data.Transform:
+    """Projection on the ``components`` principal directions of largest variance of ``x``.
+
+    From ``data.fit_whiten(method="pca")``, whose columns are the covariance
+    eigenvectors (ascending eigenvalues) scaled by ``1/sqrt(eigenvalue)``:
+    the last ``components`` columns, scaled back to unit length (no whitening).
+    """
+    whiten = data.fit_whiten(x, method="pca")
+    top = whiten.matrix[:, -components:]
+    return data.Transform(whiten.mean, top / jnp.linalg.norm(top, axis=0))
+
+
 def _verdict(main_ok: bool, all_ok: bool) -> str:
     """HOLDS if everything holds, CAVEAT if only the main part does, FAILS otherwise."""
     return HOLDS if main_ok and all_ok else CAVEAT if main_ok else FAILS
@@ -704,14 +716,13 @@ def _robust_models(seed: int, epochs: int, seeds: int, train_epsilon: float = 0.
     2017); ``gradient``: the input-gradient penalty on every pixel
     (``models.input_gradient_penalty`` at ``gradient_rate``, double
     back-propagation) to remove high local variations; ``pca``: the MLP on
-    the top ``components`` PCA-whitened components (``data.fit_whiten``),
+    the top ``components`` principal components (:func:`_pca`),
     attacked through the projection. Adam 0.01, batches of 64.
     """
     ds = _digits(seed)
     key = jax.random.fold_in(jax.random.key(seed), 31)
     model = _mlp((64,))
-    whiten = data.fit_whiten(ds.x_train, method="pca")
-    project = data.Transform(whiten.mean, whiten.matrix[:, -components:])  # largest variances
+    project = _pca(ds.x_train, components)
     ce = _ce(model)
     logits = _logits(model)  # one function object: the attacks compile once for all four
     apply = {name: logits for name in ROBUST_VARIANTS[:-1]}
@@ -892,8 +903,9 @@ def dim_reduction_adversarial(ctx, epsilons=(0.05, 0.1)):
         summary=f"PGD accuracy at eps {eps}: pixels {pgd[eps]['plain']['robust']:.3f}, 16 PCA "
                 f"components {pgd[eps]['pca']['robust']:.3f} (clean "
                 f"{pgd[eps]['plain']['clean']:.3f} vs {pgd[eps]['pca']['clean']:.3f})",
-        method="digits MLP on the 16 largest PCA-whitened components (data.fit_whiten, the top "
-               "16 columns) against the same MLP on the 64 pixels (reg.adversarial); white-box "
+        method="digits MLP on the 16 principal components of largest variance (from "
+               "data.fit_whiten(method='pca')) against the same MLP on the 64 pixels "
+               "(reg.adversarial); white-box "
                "PGD-20 on the pixels, through the projection.",
         numbers={"pgd": {str(e): {v: t[v] for v in ("plain", "pca")} for e, t in pgd.items()},
                  "robust_gain": gain, "clean_cost": cost},
@@ -1472,3 +1484,195 @@ def dropout(ctx, rate=0.5, hidden=(256, 256), n_train=None, epochs=None):
         caveat="" if verdict == HOLDS else
         ("dropout narrowed the accuracy gap but not the loss gap" if narrower
          else "dropout did not narrow the overfitting gap"))
+
+
+# --- transfer learning ---------------------------------------------------------------------------
+
+
+def _transfer_target(name: str, ds: data.Dataset, split: str, shots: int | None, key):
+    """Inputs and labels 0-4 of a target task: ``(x (m, 64), y (m,))``."""
+    x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
+    classes = (5, 6, 7, 8, 9) if name == "new_classes" else (0, 1, 2, 3, 4)
+    xs, ys = models.select_classes(x, y, classes, per_class=shots, key=key)
+    if name == "rotated_30":  # the same digits seen by a tilted sensor
+        xs = models.rotate(xs.reshape(-1, 8, 8, 1), jnp.pi / 6).reshape(xs.shape)
+    elif name == "inverted":
+        xs = 1.0 - xs
+    return xs, ys
+
+
+TRANSFER_VARIANTS = ("frozen", "fine_tuned", "scratch")
+
+
+@study("reg.transfer", SECTION,
+       "Use transfer learning by hooking up your model to an already well trained model of a "
+       "similar problem. The pre-trained model may not be well-suited to the second task if "
+       "the two tasks are vastly different or the data distribution between the two tasks is "
+       "very different. The potential for negative transfer. Transfer learning can lead to "
+       "overfitting if the model is fine-tuned too much on the second task")
+def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
+    """Pretrain on digits 0-4; learn three 5-class targets from ``shots`` examples per class.
+
+    Targets: ``rotated_30`` (digits 0-4 rotated by 30 degrees), ``new_classes``
+    (digits 5-9) and ``inverted`` (0-4 as 1 - x). ``targets=("new_classes",)``
+    alone is the flip case.
+    """
+    ds = _digits(ctx.seed)
+    key = ctx.key("reg.transfer")
+    k_pre, k_run, k_shots, k_init, k_fine = jax.random.split(key, 5)
+    body = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32), nn.activation("relu"))
+    model = nn.serial(body, nn.dense(5))
+    ce = _ce(model)
+    x_src, y_src = models.select_classes(ds.x_train, ds.y_train, (0, 1, 2, 3, 4))
+    pretrained = jt.fit(ce, model.init(k_pre, (-1, 64), F32)[1], optax.adam(0.01),
+                        (x_src, y_src), epochs=ctx.pick(10, 30, 30), batch_size=32, key=k_run,
+                        quiet=True).params
+    x_st, y_st = models.select_classes(ds.x_test, ds.y_test, (0, 1, 2, 3, 4))
+    source_accuracy = _accuracy(model.apply(pretrained, x_st)[0], y_st)
+
+    seeds = ctx.pick(1, 3, 5)
+    train = [_transfer_target(t, ds, "train", shots, k_shots) for t in targets]
+    test = [_transfer_target(t, ds, "test", None, None) for t in targets]
+    m_test = min(len(t[1]) for t in test)
+    lanes = len(targets) * seeds  # lane = (target, seed), target-major
+
+    def lane_data(sets, m):
+        return (jnp.repeat(jnp.stack([x[:m] for x, _ in sets], 1), seeds, axis=1),
+                jnp.repeat(jnp.stack([y[:m] for _, y in sets], 1), seeds, axis=1))
+
+    train_data, test_data = lane_data(train, shots * 5), lane_data(test, m_test)
+    fresh = _init_stack(model, jnp.tile(jax.random.split(k_init, seeds), len(targets)), 64)
+    stacked_pre = jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), pretrained)
+    start = models.transplant(stacked_pre, fresh, "0_serial")
+    params0 = {"frozen": start, "fine_tuned": start, "scratch": fresh}
+    optimizer = models.freeze(optax.adam(0.01), params0, "frozen/0_serial")
+    per_lane = _summed(ce, in_axes=(1, 1))
+
+    def loss(params, batch):
+        return sum(per_lane(params[v], batch) for v in TRANSFER_VARIANTS)
+
+    def metric(variant, t):
+        def accuracy(params, batch):
+            x, y = batch
+            p = jax.tree.map(lambda a: a[t * seeds:(t + 1) * seeds], params[variant])
+            logits = jax.vmap(lambda q, xi: model.apply(q, xi)[0], in_axes=(0, 1))(
+                p, x[:, t * seeds:(t + 1) * seeds])
+            return jnp.mean(jnp.argmax(logits, -1) == jnp.moveaxis(
+                y[:, t * seeds:(t + 1) * seeds], 1, 0))
+        return accuracy
+
+    metrics = {f"{v}:{t}": metric(v, i) for v in TRANSFER_VARIANTS for i, t in enumerate(targets)}
+    history = jt.fit(loss, params0, optimizer, train_data, epochs=ctx.pick(40, 150, 300),
+                     batch_size=shots * 5, key=k_fine, val_data=test_data, metrics=metrics,
+                     quiet=True).history
+    table = {t: {v: {"final": float(history[f"val_{v}:{t}"][-1]),
+                     "peak": float(np.max(history[f"val_{v}:{t}"]))} for v in TRANSFER_VARIANTS}
+             for t in targets}
+    best_transfer = {t: max(table[t]["frozen"]["final"], table[t]["fine_tuned"]["final"])
+                     for t in targets}
+    gain = {t: best_transfer[t] - table[t]["scratch"]["final"] for t in targets}
+    worst = {t: min(table[t]["frozen"]["final"], table[t]["fine_tuned"]["final"])
+             - table[t]["scratch"]["final"] for t in targets}
+    over = {t: table[t]["fine_tuned"]["peak"] - table[t]["fine_tuned"]["final"] for t in targets}
+    helps = max(gain.values()) >= 0.05
+    negative = min(worst.values()) <= -0.03
+    overfits = max(over.values()) >= 0.02
+    verdict = _verdict(helps, negative and overfits)
+    figure = _plot_lines(
+        ctx, "reg_transfer", list(range(1, len(history["loss"]) + 1)),
+        {f"{v} on {t}": history[f"val_{v}:{t}"].tolist() for t in targets[:2]
+         for v in TRANSFER_VARIANTS}, xlabel="fine-tuning epoch",
+        ylabel="target test accuracy", title=f"{shots} examples per class")
+    return Finding(
+        verdict=verdict,
+        summary="target test accuracy frozen / fine-tuned / scratch: " + "; ".join(
+            f"{t} {table[t]['frozen']['final']:.2f}/{table[t]['fine_tuned']['final']:.2f}/"
+            f"{table[t]['scratch']['final']:.2f}" for t in targets)
+        + f"; fine-tuned peak-to-final drop up to {max(over.values()):.3f}",
+        method=f"an MLP body 64-64-32 (ReLU) pretrained with a head on digits 0-4 (source test "
+               f"accuracy {source_accuracy:.3f}), transplanted (models.transplant) under fresh "
+               f"heads and trained on {shots} examples per class of each target, frozen "
+               "(models.freeze) or fine-tuned, against the same network from scratch; Adam "
+               f"0.01, full batch, {seeds} seed(s), all in one fit; accuracy on the targets' "
+               "test digits after every epoch.",
+        numbers={"targets": table, "transfer_minus_scratch_best": gain,
+                 "transfer_minus_scratch_worst": worst, "fine_tuned_peak_minus_final": over,
+                 "source_accuracy": source_accuracy},
+        threshold="main: on some target the better transfer variant beats scratch by >= 0.05; "
+                  "holds if also some transfer variant falls >= 0.03 below scratch (negative "
+                  "transfer) and fine-tuning loses >= 0.02 from its peak (too much "
+                  "fine-tuning), caveat otherwise",
+        caveat="" if verdict == HOLDS else
+        ((("no negative transfer seen; " if not negative else "")
+          + ("fine-tuning longer did not lose accuracy from its peak (no over-fine-tuning "
+             "seen here)" if not overfits else "")).strip("; ") if helps else
+         "transfer did not beat training from scratch on these targets"),
+        figures=[figure])
+
+
+@study("reg.feature-extractor", SECTION,
+       "How to deal with overfitting: Use some feature extractor to reduce dimensionality")
+def feature_extractor(ctx, components=(8, 16, 32), n_train=None, fit_on="all_inputs"):
+    """An MLP on the top PCA components of few digits against the same MLP on the 64 pixels.
+
+    The reduction is judged against the same extractor keeping all 64
+    components (a centred rotation of the pixels), which isolates the
+    dimensionality; the raw pixels are reported too. ``components=(2,)``
+    throws away too much (the flip case).
+    """
+    ds = _digits(ctx.seed)
+    key = ctx.key("reg.feature-extractor")
+    n_train = n_train or ctx.pick(30, 30, 50)
+    seeds = ctx.pick(1, 3, 5)
+    x_tr, y_tr = ds.x_train[:n_train], ds.y_train[:n_train]
+    inputs = {"pixels": (x_tr, ds.x_test)}
+    for k in tuple(components) + (64,):
+        project = _pca(ds.x_train if fit_on == "all_inputs" else x_tr, k)
+        inputs[f"pca_{k}"] = (project(x_tr), project(ds.x_test))
+    model = _mlp((64,))
+    ce = _ce(model)
+
+    def loss(params, batch):
+        features, y = batch
+        return sum(_summed(ce)(params[n], (features[n], y)) for n in inputs)
+
+    init_keys = jax.random.split(key, seeds)
+    params0 = {n: _init_stack(model, init_keys, tr.shape[1]) for n, (tr, _) in inputs.items()}
+    params = jt.fit(loss, params0, optax.adam(0.01), ({n: tr for n, (tr, _) in inputs.items()},
+                                                     y_tr), epochs=ctx.pick(100, 300, 300),
+                    batch_size=n_train, key=jax.random.fold_in(key, 1), quiet=True).params
+    table = {}
+    for n, (tr, te) in inputs.items():
+        train_acc = float(_lane_accuracies(model, params[n], tr, y_tr).mean())
+        test_acc = float(_lane_accuracies(model, params[n], te, ds.y_test).mean())
+        table[n] = {"train_accuracy": train_acc, "test_accuracy": test_acc,
+                    "gap": train_acc - test_acc, "inputs": int(tr.shape[1])}
+    reduced = [n for n in table if n not in ("pixels", "pca_64")]
+    best = max(reduced, key=lambda n: table[n]["test_accuracy"])
+    gain = table[best]["test_accuracy"] - table["pca_64"]["test_accuracy"]
+    narrower = table[best]["gap"] < table["pca_64"]["gap"]
+    vs_pixels = table[best]["test_accuracy"] - table["pixels"]["test_accuracy"]
+    verdict = _verdict(gain >= 0.01 and narrower, vs_pixels >= 0)
+    return Finding(
+        verdict=verdict,
+        summary=f"{n_train} training digits: test accuracy with {best.replace('_', ' ')} "
+                f"{table[best]['test_accuracy']:.3f} (gap {table[best]['gap']:.3f}) vs all 64 "
+                f"components {table['pca_64']['test_accuracy']:.3f} (gap "
+                f"{table['pca_64']['gap']:.3f}) vs raw pixels "
+                f"{table['pixels']['test_accuracy']:.3f}",
+        method=f"digits, {n_train} labelled training examples; PCA (the principal directions of "
+               "data.fit_whiten(method='pca'), fitted on "
+               + ("all 1078 training inputs without labels" if fit_on == "all_inputs" else
+                  "the labelled examples") + ", not whitened) as the feature extractor, keeping "
+               f"the {list(components)} components of largest variance, against all 64 "
+               "components and the raw pixels; MLP (inputs)-64-10 ReLU, Adam 0.01, full batch, "
+               f"{seeds} seed(s); 360 test digits.",
+        numbers=table,
+        threshold="main: the best reduction beats all 64 components by >= 0.01 test accuracy "
+                  "with a smaller train-test gap; holds if it also beats the raw pixels, caveat "
+                  "otherwise",
+        caveat="" if verdict == HOLDS else
+        (f"Fewer components help within the PCA representation (+{gain:.3f}), but the raw "
+         f"pixels are still better by {-vs_pixels:.3f}: the centred, rotated inputs cost more "
+         "than the reduction gains." if gain >= 0.01 and narrower else
+         "reducing the dimensionality did not help here"))
