@@ -71,8 +71,8 @@ def test_ordering_and_weighted_subset_forms_agree_on_a_random_game(players):
     v = rng.normal(size=(2, 2 ** players))
     by_orderings = xai._ordering_form(v, players, keep_after=False)
     after = xai._ordering_form(v, players, keep_after=True)
-    weights = lambda s: math.factorial(s) * math.factorial(players - s - 1) / math.factorial(players)  # noqa: E731
-    by_subsets = xai._subset_form(v, players, weights)
+    by_subsets = xai._subset_form(v, players, lambda s: math.factorial(s) * math.factorial(
+        players - s - 1) / math.factorial(players))
     np.testing.assert_allclose(by_orderings, by_subsets, atol=1e-12)
     np.testing.assert_allclose(after, by_subsets, atol=1e-12)
     np.testing.assert_allclose(by_subsets.sum(1), v[:, -1] - v[:, 0], atol=1e-12)  # efficiency

@@ -7,16 +7,17 @@ shared by the Shapley studies. Attributions come from :mod:`jdl.attribution`
 (``shapley``, ``lrp`` with its rules and composites, ``gradient_x_input``,
 ``activation_maximization`` with its priors), training from :func:`jdl.train.fit`.
 
-Heatmap measures used below (per image, then averaged):
+Heatmap measures (per image; rule against rule they are compared paired over
+the same digits, see :func:`_exceeds`):
 
-* sparsity: the Gini index of ``|R|`` over the pixels (0 = uniform, 1 = one pixel);
-* noise: the fraction of the heatmap's energy above half the Nyquist frequency,
-  and the sign-alternation rate (adjacent non-zero pixels of opposite sign);
-* positive fraction: ``sum R+ / sum |R|``;
+* sparsity: the Gini index of ``|R|`` over the digit's (non-zero) pixels;
+* noise: the fraction of the heatmap's spectral energy above half the Nyquist
+  frequency (the sign alternation between neighbours is reported too);
+* positive fraction ``sum R+ / sum |R|``, and coverage: the share of the
+  digit's pixels with ``R > 0`` (how densely it is highlighted);
 * faithfulness: pixel flipping (Samek et al. 2017): pixels are set to 0 (the
-  digits background) in order of decreasing relevance and the explained
-  logit is recorded; the area under the normalised curve (lower = the
-  heatmap found the evidence faster) is compared with orders that need no
+  digits background) in order of decreasing relevance and the AOPC, the mean
+  drop of the explained logit, is compared with orders that need no
   explanation (random, and by input intensity).
 """
 
@@ -48,12 +49,8 @@ MIN_EFFECT = 0.01  # ... and a mean difference of at least 1% of the measure's l
 # --- shared models ----------------------------------------------------------------------------
 
 
-def _cnn_model():
-    return nn.serial(nn.conv2d(8, 3), nn.activation("relu"), nn.max_pool(2),
-                     nn.conv2d(16, 3), nn.activation("relu"), nn.flatten(), nn.dense(10))
-
-
-CNN = _cnn_model()
+CNN = nn.serial(nn.conv2d(8, 3), nn.activation("relu"), nn.max_pool(2),
+                nn.conv2d(16, 3), nn.activation("relu"), nn.flatten(), nn.dense(10))
 ADAM = optax.adam(0.01)  # one object, so jdl.train.fit reuses its compiled loop across models
 CNN_NAME = "CNN conv3x3(8)-relu-maxpool2-conv3x3(16)-relu-dense(10)"
 
@@ -96,7 +93,7 @@ def _digits_cnn(mode: str, seed: int, variant: str = "trained"):
 
 
 def _explained(ctx, n_tiny: int, n_quick: int, n_full: int):
-    """Test digits the trained CNN classifies correctly (at most ``ctx.pick`` of them) and labels."""
+    """Test digits the trained CNN gets right (at most ``ctx.pick`` of them), and their labels."""
     ds = _digits(ctx.seed)
     params, _ = _digits_cnn(ctx.mode, ctx.seed)
     right = np.flatnonzero(np.asarray(jnp.argmax(CNN.apply(params, ds.x_test)[0], 1) == ds.y_test))
@@ -105,7 +102,7 @@ def _explained(ctx, n_tiny: int, n_quick: int, n_full: int):
 
 
 def _relevance(params, x, target, composite) -> np.ndarray:
-    """LRP heatmaps ``(n, 8, 8)`` of the CNN's logit ``target`` (eager: the rules share op caches)."""
+    """LRP heatmaps ``(n, 8, 8)`` of the CNN's logit ``target`` (eager: rules share op caches)."""
     return np.asarray(at.lrp(CNN, params, x, composite=composite, target=target).relevance[..., 0],
                       np.float64)
 
@@ -161,7 +158,7 @@ def _means(measures: dict) -> dict:
 
 
 def _paired_t(a: np.ndarray, b: np.ndarray) -> float:
-    """t statistic of the per-image differences ``a - b`` (+-inf for a constant shift, 0 for none)."""
+    """t statistic of the per-image differences ``a - b`` (+-inf: constant shift, 0: none)."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
     if se > 0:
@@ -233,12 +230,6 @@ def _heat_figure(ctx, name: str, images, maps: dict, title: str):
 # --- activation maximisation ------------------------------------------------------------------
 
 
-def _mlp_loss(model):
-    def loss(params, batch):
-        return losses.softmax_cross_entropy(model.apply(params, batch[0])[0], batch[1])
-    return loss
-
-
 def _realism(images, classes, ds, k: int = 5) -> dict:
     """How much maximising inputs ``(c, 8, 8, 1)`` look like real digits of their class.
 
@@ -294,6 +285,9 @@ def activation_max(ctx, prior_data: str = "digits", gaussian_weight: float = 0.0
     ``prior_data="noise"`` fits the Gaussian prior to uniform noise images
     instead of the digits: a prior that does not describe the data.
     """
+    if prior_data not in ("digits", "noise"):
+        raise ValueError(f"activation_max: expected prior_data 'digits' or 'noise', got "
+                         f"{prior_data!r}")
     key = ctx.key("xai.activation-max")
     ds = _digits(ctx.seed)
     params, acc = _digits_cnn(ctx.mode, ctx.seed)
@@ -338,7 +332,8 @@ def activation_max(ctx, prior_data: str = "digits", gaussian_weight: float = 0.0
         summary=f"with the prior: distance to the class mean {off['distance_to_class_mean']:.2f} "
                 f"-> {on['distance_to_class_mean']:.2f}, to the nearest real digit "
                 f"{off['distance_to_nearest_digit']:.2f} -> {on['distance_to_nearest_digit']:.2f} "
-                f"(1 = a real test digit), 5-NN vote {off['knn_vote']:.2f} -> {on['knn_vote']:.2f}; "
+                f"(1 = a real test digit), 5-NN vote {off['knn_vote']:.2f} -> "
+                f"{on['knn_vote']:.2f}; "
                 f"CNN p(c) {off['cnn_probability']:.2f} -> {on['cnn_probability']:.2f}",
         method=f"{CNN_NAME} trained on digits (test accuracy {acc:.3f}); jdl.attribution."
                f"activation_maximization of log p(c|x) for the 10 classes, {steps} Adam steps "
@@ -366,7 +361,10 @@ def activation_max(ctx, prior_data: str = "digits", gaussian_weight: float = 0.0
 
 
 CANCER_MLP = nn.serial(nn.dense(16), nn.activation("tanh"), nn.dense(2))
-_CANCER_LOSS = _mlp_loss(CANCER_MLP)
+
+
+def _cancer_loss(params, batch):
+    return losses.softmax_cross_entropy(CANCER_MLP.apply(params, batch[0])[0], batch[1])
 
 
 def _log_odds(params, rows):
@@ -382,13 +380,13 @@ def _cancer_mlp(mode: str, seed: int):
     scale = data.fit_standardize(ds.x_train)
     x_train, x_test = scale(ds.x_train), scale(ds.x_test)
     _, params, _ = CANCER_MLP.init(key, (-1, 30), jnp.float64)
-    params = jt.fit(_CANCER_LOSS, params, ADAM, (x_train, ds.y_train),
+    params = jt.fit(_cancer_loss, params, ADAM, (x_train, ds.y_train),
                     epochs=_epochs(mode) * 3, batch_size=32, key=key, quiet=True).params
     return params, x_train, x_test, _accuracy(CANCER_MLP, params, x_test, ds.y_test)
 
 
 def _measurement_groups(num_groups: int) -> np.ndarray:
-    """Players for breast_cancer: feature ``j`` measures quantity ``j % 10`` (mean, error, worst)."""
+    """breast_cancer players: feature ``j`` measures quantity ``j % 10`` (mean, error, worst)."""
     return (np.arange(30) % 10) * num_groups // 10
 
 
@@ -402,6 +400,9 @@ def shapley_sampling(ctx, sampled_game: str = "background"):
     background mean) while the exact values use the background set: a
     different game, whose sampled values cannot converge to these exact ones.
     """
+    if sampled_game not in ("background", "mean"):
+        raise ValueError(f"shapley_sampling: expected sampled_game 'background' or 'mean', got "
+                         f"{sampled_game!r}")
     key = ctx.key("xai.shapley-sampling")
     params, x_train, x_test, acc = _cancer_mlp(ctx.mode, ctx.seed)
     groups = _measurement_groups(10)
@@ -459,7 +460,8 @@ def shapley_sampling(ctx, sampled_game: str = "background"):
                f"jdl.attribution.shapley(method='exact'), 1024 coalitions. Sampled: "
                f"{reps} independent runs of 2 permutations each (plain, or one antithetic pair), "
                f"averaged in disjoint blocks to M permutations; error = RMS over blocks, rows and "
-               f"players, relative to the RMS exact value.",
+               f"players, relative to the RMS exact value. What is sampled are orderings of the "
+               f"players, not subsets S as the notes write (see xai.shapley-formula).",
         numbers={"permutations": permutations, "relative_rms_error": errors, "slopes": slopes,
                  "error_shrink": shrink, "antithetic_over_plain": ratio,
                  "test_accuracy": acc, "sampled_game": sampled_game},
@@ -544,8 +546,9 @@ def shapley_formula(ctx, num_groups: int = 6):
     verdict = HOLDS if ordering_ok and literal_ok else CAVEAT if ordering_ok else FAILS
     return Finding(
         verdict=verdict,
-        summary=f"1/d! sum over the d! orderings: error {max(errors[k] for k in forms if 'order' in k):.1e}; "
-                f"sum over subsets S with 1/d!: error {errors['subsets S, literal 1/d! weight']:.2f} "
+        summary=f"1/d! sum over the d! orderings: error "
+                f"{max(v for k, v in errors.items() if k.startswith('orderings')):.1e}; sum over "
+                f"subsets S with 1/d!: error {errors['subsets S, literal 1/d! weight']:.2f} "
                 f"(d={num_groups})",
         method=f"MLP 30-16-2 (tanh) on standardised breast_cancer (test accuracy {acc:.3f}), "
                f"log-odds; {num_groups} players (groups of the 10 measured quantities); "
@@ -574,7 +577,7 @@ COMPOSITE_NAME = "composite (gamma, eps, 0)"
 
 
 def _composite():
-    """The notes' composite on the CNN: LRP-gamma 0.25 on conv 1, LRP-eps 0.25 on conv 2, LRP-0 on dense."""
+    """The notes' composite: LRP-gamma 0.25 (conv 1), LRP-eps 0.25 (conv 2), LRP-0 (dense)."""
     return at.by_position()
 
 
@@ -745,7 +748,7 @@ def lrp_composite(ctx, composite=None, label: str = COMPOSITE_NAME):
             (axes[1], [stats[k]["high_frequency"] for k in names], "high-frequency energy (noise)"),
             (axes[2], [stats[k]["coverage"] for k in names], "coverage of the digit")):
         ax.bar(np.arange(len(names)), values, color=colors)
-        ax.set_xticks(np.arange(len(names)), names, fontsize=6, rotation=20)
+        ax.set_xticks(np.arange(len(names)), names, fontsize=6, rotation=30, ha="right")
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     bar_fig = ctx.save_figure(fig, "xai_lrp_composite_measures")
@@ -753,13 +756,15 @@ def lrp_composite(ctx, composite=None, label: str = COMPOSITE_NAME):
         verdict=verdict,
         summary=f"AOPC composite {comp:.2f} vs best single rule {best} {faith[best]['aopc']:.2f} "
                 f"(reversed order {faith[reversed_name]['aopc']:.2f}); high-frequency energy "
-                f"{stats[label]['high_frequency']:.3f} vs LRP-0 {stats['LRP-0']['high_frequency']:.3f}; "
-                f"coverage {stats[label]['coverage']:.2f} vs LRP-0 {stats['LRP-0']['coverage']:.2f}",
+                f"{stats[label]['high_frequency']:.3f} vs LRP-0 "
+                f"{stats['LRP-0']['high_frequency']:.3f}; coverage {stats[label]['coverage']:.2f} "
+                f"vs LRP-0 {stats['LRP-0']['coverage']:.2f}",
         method=f"{CNN_NAME} on digits (test accuracy {acc:.3f}); the composite "
                f"(jdl.attribution.by_position: {', '.join(layers)}), each rule on every layer, and "
                f"the reversed composite (LRP-0 bottom, eps middle, gamma top), explaining the "
                f"true-class logit of {x.shape[0]} correctly classified test digits. "
-               f"Faithfulness: pixel flipping (pixels set to 0 by decreasing relevance in 16 steps; "
+               f"Faithfulness: pixel flipping (pixels set to 0 by decreasing relevance in 16 "
+               f"steps; "
                f"AOPC = mean logit drop), also relative to random and input-intensity orders; "
                f"noise and coverage as in xai.lrp-rules, paired over the digits.",
         numbers={"faithfulness": faith, "means": stats, "checks": checks,
@@ -923,7 +928,7 @@ def _architectures(trained_params) -> dict:
 
 
 def _random_params(model, input_shape, seed: int):
-    """Placeholder weights N(0, 0.3^2) of the model's param shapes (host-side: nothing to compile)."""
+    """Placeholder weights N(0, 0.3^2) in the model's param shapes (host-side: no compiling)."""
     _, shapes, state = jax.eval_shape(lambda k: model.init(k, input_shape, F32),
                                       jax.random.key(0))
     rng = np.random.default_rng(seed)
@@ -936,7 +941,8 @@ def lrp_architecture(ctx, names=None):
     """Which jdl architectures LRP (with its per-layer rules) explains, vs gradient x input."""
     x, _ = _explained(ctx, 16, 128, 360)   # the digits other LRP studies use: shared op caches
     table = {}
-    for name, (model, params, reshape) in _architectures(_digits_cnn(ctx.mode, ctx.seed)[0]).items():
+    trained, _ = _digits_cnn(ctx.mode, ctx.seed)
+    for name, (model, params, reshape) in _architectures(trained).items():
         if names is not None and name not in names:
             continue
         inputs = reshape(x)
@@ -960,7 +966,8 @@ def lrp_architecture(ctx, names=None):
         summary=f"LRP explains {explained} of {len(table)} architectures, gradient x input "
                 f"{sum(e['gradient_x_input'] for e in table.values())}; no LRP rule for: "
                 f"{', '.join(refused) or 'none'}",
-        method=f"Small jdl models on {x.shape[0]} test digits (images, or their rows as a sequence): "
+        method=f"Small jdl models on {x.shape[0]} test digits (images, or their rows as a "
+               "sequence): "
                "jdl.attribution.lrp (LRP-eps; it has rules for dense, conv, pooling, flatten, "
                "dropout, element-wise activations, batch norm and residual sums) against "
                "jdl.attribution.gradient_x_input, which needs only autodiff. The CNN is the "
