@@ -138,6 +138,20 @@ def test_linear_unit_with_gaussian_prior_reaches_mu_plus_sigma_w():
     np.testing.assert_allclose(result.inputs, expected, rtol=1e-6, atol=1e-8)
 
 
+def test_activation_maximization_compiles_once_per_model():
+    """New params, priors, units and keys reuse the compiled program."""
+    from jdl.attribution.activation_max import _maximize
+
+    model, params = _linear(k=3, d=5)
+    run = lambda p, lam, units, seed: activation_maximization(  # noqa: E731
+        model, p, units, input_shape=(5,), key=jax.random.key(seed), steps=5,
+        prior=l2_prior(lam), objective="logit")
+    run(params, 0.5, jnp.arange(3), 0)
+    size = _maximize._cache_size()
+    run(jax.tree.map(lambda a: a + 1.0, params), 0.9, jnp.array([2, 0, 1]), 1)
+    assert _maximize._cache_size() == size
+
+
 def test_total_variation_prior_prefers_smooth_images():
     tv = total_variation_prior(1.0)
     flat = jnp.full((6, 6, 1), 0.3)

@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -34,6 +35,7 @@ from jax.tree_util import Partial
 from jdl.nn.core import Layer
 
 OBJECTIVES = ("log_softmax", "logit")
+DEFAULT_OPTIMIZER = optax.adam(0.05)
 
 
 def _l2(weight, x):
@@ -90,6 +92,55 @@ def gaussian_prior(data, weight: float = 1.0, shrinkage: float = 0.1) -> Partial
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
     precision = np.linalg.inv(cov)
     return Partial(_gaussian, jnp.asarray(weight), jnp.asarray(mean), jnp.asarray(precision))
+
+
+class _Settings(NamedTuple):
+    """The static part of a run: one compilation per distinct value (models hash by identity)."""
+
+    model: Layer
+    optimizer: optax.GradientTransformation
+    objective: str
+    jitter: int
+    bounds: tuple[float, float] | None
+    steps: int
+    input_shape: tuple[int, ...]
+    init_scale: float
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _maximize(settings: _Settings, params, state, priors, init, units, keys):
+    """All units at once (``vmap``), all steps in one ``lax.scan``."""
+    model, optimizer, objective, jitter, bounds, steps, input_shape, init_scale = settings
+    dtype = init.dtype
+
+    def score(x, unit):
+        logits = model.apply(params, x[None], state=state)[0][0]
+        values = jax.nn.log_softmax(logits) if objective == "log_softmax" else logits
+        return values[unit]
+
+    def total(x, unit, shift):
+        moved = jnp.roll(x, shift, axis=(0, 1)) if jitter else x
+        log_prior = sum((p(x) for p in priors), jnp.zeros((), dtype))
+        return score(moved, unit) + log_prior
+
+    def run(unit, k):
+        k_init, k_jitter = jax.random.split(k)
+        x = init + init_scale * jax.random.normal(k_init, input_shape, dtype)
+
+        def step(carry, k_step):
+            x, opt_state = carry
+            shift = jax.random.randint(k_step, (2,), -jitter, jitter + 1)
+            value, grad = jax.value_and_grad(total)(x, unit, shift)
+            updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grad), opt_state, x)
+            x = optax.apply_updates(x, updates)
+            if bounds is not None:
+                x = jnp.clip(x, bounds[0], bounds[1])
+            return (x, opt_state), value
+
+        (x, _), trace = lax.scan(step, (x, optimizer.init(x)), jax.random.split(k_jitter, steps))
+        return x, trace, score(x, unit)
+
+    return jax.vmap(run)(units, keys)
 
 
 class ActivationMaximum(NamedTuple):
@@ -158,7 +209,7 @@ def activation_maximization(model: Layer, params, units, *, input_shape: Sequenc
                          f"images (height, width, channels) to jitter, got jitter={jitter!r} "
                          f"with input_shape {input_shape}")
     priors = tuple(prior) if isinstance(prior, (list, tuple)) else (prior,)
-    optimizer = optax.adam(0.05) if optimizer is None else optimizer
+    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     dtype = jnp.result_type(*jax.tree.leaves(params)) if jax.tree.leaves(params) else float
     out, _ = jax.eval_shape(lambda p, z: model.apply(p, z, state=state),
                             params, jax.ShapeDtypeStruct((1, *input_shape), dtype))
@@ -170,36 +221,10 @@ def activation_maximization(model: Layer, params, units, *, input_shape: Sequenc
         init = gauss[0].args[1].reshape(input_shape) if gauss else jnp.zeros(input_shape, dtype)
     init = jnp.broadcast_to(jnp.asarray(init, dtype), input_shape)
 
-    def score(params, state, x, unit):
-        logits = model.apply(params, x[None], state=state)[0][0]
-        values = jax.nn.log_softmax(logits) if objective == "log_softmax" else logits
-        return values[unit]
-
-    def total(x, params, state, priors, unit, shift):
-        moved = jnp.roll(x, shift, axis=(0, 1)) if jitter else x
-        log_prior = sum((p(x) for p in priors), jnp.zeros((), dtype))
-        return score(params, state, moved, unit) + log_prior
-
-    def run(params, state, priors, init, unit, k):
-        k_init, k_jitter = jax.random.split(k)
-        x = init + init_scale * jax.random.normal(k_init, input_shape, dtype)
-
-        def step(carry, k_step):
-            x, opt_state = carry
-            shift = jax.random.randint(k_step, (2,), -jitter, jitter + 1)
-            value, grad = jax.value_and_grad(total)(x, params, state, priors, unit, shift)
-            updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grad), opt_state, x)
-            x = optax.apply_updates(x, updates)
-            if bounds is not None:
-                x = jnp.clip(x, bounds[0], bounds[1])
-            return (x, opt_state), value
-
-        (x, _), trace = lax.scan(step, (x, optimizer.init(x)), jax.random.split(k_jitter, steps))
-        return x, trace, score(params, state, x, unit)
-
     keys = jax.random.split(key, units.shape[0])
-    batched = jax.jit(jax.vmap(run, in_axes=(None, None, None, None, 0, 0)))
-    inputs, trace, final = batched(params, state, priors, init, units, keys)
+    settings = _Settings(model, optimizer, objective, jitter, None if bounds is None else
+                         tuple(float(b) for b in bounds), steps, input_shape, float(init_scale))
+    inputs, trace, final = _maximize(settings, params, state, priors, init, units, keys)
     if not isinstance(trace, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(trace))):
         raise ValueError("activation_maximization: the objective became non-finite (diverged); "
                          "lower the learning rate or add a prior")

@@ -50,6 +50,9 @@ class Layer(NamedTuple):
       config: the constructor's arguments, read by analysis code such as LRP.
       children: the sub-layers of a combinator, in order; ``()`` otherwise.
       names: the params/state keys of ``children``; ``()`` otherwise.
+
+    Layers compare and hash by identity (their functions are closures anyway),
+    so a model can be a static argument of ``jax.jit`` and a cache key.
     """
 
     init: Callable[..., tuple[Shape, Params, State]]
@@ -58,6 +61,14 @@ class Layer(NamedTuple):
     config: dict = {}
     children: tuple["Layer", ...] = ()
     names: tuple[str, ...] = ()
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
 
 
 def default_dtype(dtype=None):
