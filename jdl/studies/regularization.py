@@ -93,15 +93,19 @@ def _accuracy(logits, y) -> float:
     return float(jnp.mean(jnp.argmax(logits, -1) == y))
 
 
-def _lane_accuracies(model: nn.Layer, params: Any, x, y) -> np.ndarray:
-    """``(lanes,)`` accuracies of lane-stacked ``params`` on ``(x, y)``."""
-    logits = jax.vmap(lambda p: model.apply(p, x)[0])(params)
-    return np.asarray(jnp.mean(jnp.argmax(logits, -1) == y[None], axis=-1))
+def _scorer(model: nn.Layer) -> Callable:
+    """A jitted ``score(params, x, y) -> (accuracies, losses)``, each ``(lanes,)``.
 
+    ``params`` are lane-stacked; the losses are mean cross-entropies.
+    """
 
-def _lane_losses(model: nn.Layer, params: Any, x, y) -> np.ndarray:
-    """``(lanes,)`` mean cross-entropies of lane-stacked ``params`` on ``(x, y)``."""
-    return np.asarray(jax.vmap(lambda p: _ce(model)(p, (x, y)))(params))
+    @_jit
+    def score(params, x, y):
+        logits = jax.vmap(lambda p: model.apply(p, x)[0])(params)
+        return (jnp.mean(jnp.argmax(logits, -1) == y, -1),
+                jax.vmap(lambda lg: losses.softmax_cross_entropy(lg, y))(logits))
+
+    return score
 
 
 def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, title=None,
@@ -962,37 +966,44 @@ def dataset_bias(ctx, p_other=0.0, penalty_rate=10.0, target_class=3):
                  epochs=ctx.pick(8, 15, 30), batch_size=64, key=k_run, quiet=True)
     params = dict(fit.params)
 
-    # kill the hidden units that respond most to the patch (the baseline model's): zero their
-    # output weights
-    others = x[y != target_class]
-    patched_others = models.remove_feature(others, mask, fill=1.0)
-    response = jax.vmap(lambda p: jnp.mean(body.apply(p, patched_others)[0]
-                                           - body.apply(p, others)[0], 0))(
-        params["baseline"]["0_serial"])
-    kill = width // 8
-    alive = 1.0 - jax.nn.one_hot(jnp.argsort(-response, axis=-1)[:, :kill], width).sum(1)
-    head = params["baseline"]["1_dense"]
-    params["kill_neurons"] = dict(params["baseline"],
-                                  **{"1_dense": dict(head, w=head["w"] * alive[:, :, None])})
-
     x_te, y_te = ds.x_test, ds.y_test
-    with_patch = models.plant_feature(x_te, y_te, mask, target_class=target_class,
-                                      key=k_test).x
-    everywhere = models.remove_feature(x_te, mask, fill=1.0)
-    prepare = {"crop": lambda a: models.remove_feature(a, mask),
-               "noise": lambda a: models.remove_feature(a, mask, fill="noise", key=k_test)}
-    results = {}
-    for name in ("baseline",) + BIAS_REMEDIES:
-        prep = prepare.get(name, lambda a: a)
-        rel, clean, fooled = [], [], []
-        for i in range(seeds):
-            p = _lane(params[name], i)
-            predict = lambda a, p=p: model.apply(p, a)[0]  # noqa: E731
-            rel.append(float(models.reliance(predict, prep(with_patch), prep(x_te), y_te)))
-            clean.append(_accuracy(predict(prep(x_te)), y_te))
-            fooled.append(clean[-1] - _accuracy(predict(prep(everywhere)), y_te))
-        results[name] = {"reliance": float(np.mean(rel)), "clean_accuracy": float(np.mean(clean)),
-                         "drop_with_patch_everywhere": float(np.mean(fooled))}
+    others = x[y != target_class]
+
+    @_jit
+    def evaluate(params):
+        # kill the hidden units that respond most to the patch (the baseline model's) by
+        # zeroing their output weights
+        patched_others = models.remove_feature(others, mask, fill=1.0)
+        response = jax.vmap(lambda p: jnp.mean(body.apply(p, patched_others)[0]
+                                               - body.apply(p, others)[0], 0))(
+            params["baseline"]["0_serial"])
+        alive = 1.0 - jax.nn.one_hot(jnp.argsort(-response, axis=-1)[:, :kill], width).sum(1)
+        head = params["baseline"]["1_dense"]
+        params = dict(params, kill_neurons=dict(
+            params["baseline"], **{"1_dense": dict(head, w=head["w"] * alive[:, :, None])}))
+        with_patch = models.plant_feature(x_te, y_te, mask, target_class=target_class,
+                                          key=k_test).x
+        everywhere = models.remove_feature(x_te, mask, fill=1.0)
+        prepare = {"crop": lambda a: models.remove_feature(a, mask),
+                   "noise": lambda a: models.remove_feature(a, mask, fill="noise", key=k_test)}
+        out = {}
+        for name in ("baseline",) + BIAS_REMEDIES:
+            prep = prepare.get(name, lambda a: a)
+
+            def one(p):
+                predict = lambda a: model.apply(p, a)[0]  # noqa: E731
+                clean = jnp.mean(jnp.argmax(predict(prep(x_te)), -1) == y_te)
+                patched = jnp.mean(jnp.argmax(predict(prep(everywhere)), -1) == y_te)
+                return (models.reliance(predict, prep(with_patch), prep(x_te), y_te), clean,
+                        clean - patched)
+
+            out[name] = jax.vmap(one)(params[name])
+        return out
+
+    kill = width // 8
+    results = {name: dict(zip(("reliance", "clean_accuracy", "drop_with_patch_everywhere"),
+                              np.asarray(v).mean(1).tolist()))
+               for name, v in jax.device_get(evaluate(params)).items()}
     base = results["baseline"]
     picked_up = base["reliance"] >= 0.05 and base["drop_with_patch_everywhere"] >= 0.1
     works = {r: (results[r]["reliance"] <= 0.5 * base["reliance"]
@@ -1358,6 +1369,7 @@ def early_stopping(ctx, n_train=None, hidden=(256, 256), epochs=None, lr=1e-3):
     train_data, val_data = (ds.x_train[:n_train], ds.y_train[:n_train]), (ds.x_val, ds.y_val)
     test = (ds.x_test, ds.y_test)
     starts = _init_stack(model, jax.random.split(key, seeds), 64)
+    score = _scorer(model)
     rows, curves = [], []
     for i in range(seeds):
         common = dict(epochs=epochs, batch_size=min(32, n_train), key=jax.random.fold_in(key, i),
@@ -1367,13 +1379,11 @@ def early_stopping(ctx, n_train=None, hidden=(256, 256), epochs=None, lr=1e-3):
                       early_stopping=jt.EarlyStopping(epochs), **common)
         stopped = jt.fit(loss, _lane(starts, i), optimizer, train_data,
                          early_stopping=jt.EarlyStopping(patience), **common)
-        last = full.state.params
+        three = jax.tree.map(lambda *a: jnp.stack(a), full.params, full.state.params,
+                             stopped.params)  # best, last, stopped
+        acc, test_loss = jax.device_get(score(three, *test))
         rows.append([full.best_epoch, len(stopped.history["loss"]), stopped.best_epoch,
-                     float(loss(full.params, test)), float(loss(last, test)),
-                     float(loss(stopped.params, test)),
-                     _accuracy(model.apply(full.params, test[0])[0], test[1]),
-                     _accuracy(model.apply(last, test[0])[0], test[1]),
-                     _accuracy(model.apply(stopped.params, test[0])[0], test[1])])
+                     *test_loss.tolist(), *acc.tolist()])
         curves.append(full.history["val_loss"])
     r = np.asarray(rows, float).mean(0)
     names = ("best_epoch", "stopped_after", "stopped_best_epoch", "test_loss_best",
@@ -1447,14 +1457,19 @@ def dropout(ctx, rate=0.5, hidden=(256, 256), n_train=None, epochs=None):
                  (ds.x_train[:n_train], ds.y_train[:n_train]), epochs=epochs or ctx.pick(60, 300, 400),
                  batch_size=32, key=jax.random.fold_in(key, 1), quiet=True)
     results = {}
-    for name, m in arms.items():
+    score = _scorer(arms["plain"])  # evaluation mode: dropout is the identity
+    for name in arms:
         p = fit.params[name]
-        tr = (ds.x_train[:n_train], ds.y_train[:n_train])
-        results[name] = {
-            "train_accuracy": float(_lane_accuracies(m, p, *tr).mean()),
-            "test_accuracy": float(_lane_accuracies(m, p, ds.x_test, ds.y_test).mean()),
-            "train_loss": float(_lane_losses(m, p, *tr).mean()),
-            "test_loss": float(_lane_losses(m, p, ds.x_test, ds.y_test).mean())}
+        if name == "dropout":  # the same dense layers without the dropout layers
+            p = dict(zip(arms["plain"].names, [p[n] for n in arms["dropout"].names
+                                               if not n.endswith("_dropout")]))
+        (train_acc, train_loss), (test_acc, test_loss) = jax.device_get(
+            [score(p, ds.x_train[:n_train], ds.y_train[:n_train]),
+             score(p, ds.x_test, ds.y_test)])
+        results[name] = {"train_accuracy": float(train_acc.mean()),
+                         "test_accuracy": float(test_acc.mean()),
+                         "train_loss": float(train_loss.mean()),
+                         "test_loss": float(test_loss.mean())}
         results[name]["accuracy_gap"] = (results[name]["train_accuracy"]
                                          - results[name]["test_accuracy"])
         results[name]["loss_gap"] = results[name]["test_loss"] - results[name]["train_loss"]
@@ -1489,13 +1504,20 @@ def dropout(ctx, rate=0.5, hidden=(256, 256), n_train=None, epochs=None):
 # --- transfer learning ---------------------------------------------------------------------------
 
 
-def _transfer_target(name: str, ds: data.Dataset, split: str, shots: int | None, key):
-    """Inputs and labels 0-4 of a target task: ``(x (m, 64), y (m,))``."""
-    x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
+def _transfer_target(name: str, x: jax.Array, y: jax.Array, shots: int | None, rng):
+    """Inputs and labels 0-4 of a target task: ``(x (m, 64), y (m,))``.
+
+    ``shots`` examples per class drawn with the numpy generator ``rng`` (all if None).
+    """
     classes = (5, 6, 7, 8, 9) if name == "new_classes" else (0, 1, 2, 3, 4)
-    xs, ys = models.select_classes(x, y, classes, per_class=shots, key=key)
+    xs, ys = models.select_classes(x, y, classes)
+    if shots is not None:
+        labels = np.asarray(ys)
+        keep = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+                               for c in range(len(classes))])
+        xs, ys = xs[keep], ys[keep]
     if name == "rotated_30":  # the same digits seen by a tilted sensor
-        xs = models.rotate(xs.reshape(-1, 8, 8, 1), jnp.pi / 6).reshape(xs.shape)
+        xs = _jit(lambda a: models.rotate(a.reshape(-1, 8, 8, 1), jnp.pi / 6).reshape(a.shape))(xs)
     elif name == "inverted":
         xs = 1.0 - xs
     return xs, ys
@@ -1519,7 +1541,7 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
     """
     ds = _digits(ctx.seed)
     key = ctx.key("reg.transfer")
-    k_pre, k_run, k_shots, k_init, k_fine = jax.random.split(key, 5)
+    k_pre, k_run, k_init, k_fine = jax.random.split(key, 4)
     body = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32), nn.activation("relu"))
     model = nn.serial(body, nn.dense(5))
     ce = _ce(model)
@@ -1531,8 +1553,9 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
     source_accuracy = _accuracy(model.apply(pretrained, x_st)[0], y_st)
 
     seeds = ctx.pick(1, 3, 5)
-    train = [_transfer_target(t, ds, "train", shots, k_shots) for t in targets]
-    test = [_transfer_target(t, ds, "test", None, None) for t in targets]
+    rng = np.random.default_rng(ctx.seed)
+    train = [_transfer_target(t, ds.x_train, ds.y_train, shots, rng) for t in targets]
+    test = [_transfer_target(t, ds.x_test, ds.y_test, None, None) for t in targets]
     m_test = min(len(t[1]) for t in test)
     lanes = len(targets) * seeds  # lane = (target, seed), target-major
 
@@ -1642,9 +1665,10 @@ def feature_extractor(ctx, components=(8, 16, 32), n_train=None, fit_on="all_inp
                                                      y_tr), epochs=ctx.pick(100, 300, 300),
                     batch_size=n_train, key=jax.random.fold_in(key, 1), quiet=True).params
     table = {}
+    score = _scorer(model)
     for n, (tr, te) in inputs.items():
-        train_acc = float(_lane_accuracies(model, params[n], tr, y_tr).mean())
-        test_acc = float(_lane_accuracies(model, params[n], te, ds.y_test).mean())
+        train_acc = float(score(params[n], tr, y_tr)[0].mean())
+        test_acc = float(score(params[n], te, ds.y_test)[0].mean())
         table[n] = {"train_accuracy": train_acc, "test_accuracy": test_acc,
                     "gap": train_acc - test_acc, "inputs": int(tr.shape[1])}
     reduced = [n for n in table if n not in ("pixels", "pca_64")]
