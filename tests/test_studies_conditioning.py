@@ -128,8 +128,9 @@ def test_equal_width_fails_by_default_holds_against_a_bottleneck(ctx):
     first = [v["block_lambda_max"][0] for v in finding.numbers.values()]
     rest = [max(v["block_lambda_max"][1:]) for v in finding.numbers.values()]
     assert all(f > r for f, r in zip(first, rest))  # the first layer's block dominates
-    wide = cond.equal_width(ctx, width=32, unequal=((6, 1, 6),))
-    assert wide.verdict == HOLDS
+    # Against a much narrower design the (wider) equal widths do give similar scales.
+    narrow = cond.equal_width(ctx, width=12, unequal=((2, 2, 2),))
+    assert narrow.verdict == HOLDS
 
 
 def test_batchnorm_holds_for_vanishing_and_exploding_init_caveat_for_he(ctx):

@@ -56,6 +56,14 @@ def _split(ctx, name: str, n: int | None = None, dtype=F64):
     return ds.x_train[:n], ds.y_train[:n]
 
 
+@functools.partial(jax.jit, static_argnames="how")
+def _affine(x, how: str):
+    """Centred or standardised ``x`` (the std floored at 1e-3 of the largest), one compile."""
+    if how == "center":
+        return data.fit_center(x)(x)
+    return data.fit_standardize(x, eps=1e-3 * jnp.max(jnp.std(x, 0)))(x)
+
+
 def _preprocess(x, how: str):
     """``x`` raw, centred, standardised or ZCA-whitened with statistics of ``x`` itself.
 
@@ -64,12 +72,10 @@ def _preprocess(x, how: str):
     """
     if how == "raw":
         return x
-    if how == "center":
-        return data.fit_center(x)(x)
-    if how == "standardize":
-        return data.fit_standardize(x, eps=1e-3 * float(jnp.max(jnp.std(x, 0))))(x)
+    if how in ("center", "standardize"):
+        return _affine(x, how)
     if how == "whiten":
-        return data.fit_whiten(x, "zca", eps=1e-9 * float(jnp.max(jnp.var(x, 0))))(x)
+        return data.fit_whiten(x, "zca", eps=1e-9 * float(np.max(np.var(np.asarray(x), 0))))(x)
     raise ValueError(f"_preprocess: expected one of {PREPROCESSING}, got {how!r}")
 
 
@@ -143,15 +149,21 @@ def _gd_paths(loss_fn: Callable, params, batch, lrs: jax.Array, num_steps: int):
     return jax.vmap(lane)(lrs)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_grad(loss_fn: Callable) -> Callable:
+    return jax.jit(jax.grad(loss_fn))
+
+
 def _newton_minimum(loss_fn: Callable, params, batch, steps: int = 1):
     """Newton steps with the exact Hessian (one step is exact for a quadratic)."""
     flat, unravel = ravel_pytree(params)
-    grad_fn = jax.grad(loss_fn)
+    flat = np.asarray(flat, np.float64)
     for _ in range(steps):
-        matrix = hessian.hessian_matrix(loss_fn, unravel(flat), batch)
-        g, _ = ravel_pytree(grad_fn(unravel(flat), batch))
-        flat = flat - jnp.linalg.solve(matrix, g)
-    return unravel(flat)
+        p = unravel(jnp.asarray(flat, F64))
+        matrix = np.asarray(hessian.hessian_matrix(loss_fn, p, batch), np.float64)
+        g = np.asarray(ravel_pytree(_compiled_grad(loss_fn)(p, batch))[0], np.float64)
+        flat = flat - np.linalg.solve(matrix, g)
+    return unravel(jnp.asarray(flat, F64))
 
 
 def _steps_to(rate: float, factor: float = 1e-6) -> float:
@@ -719,12 +731,12 @@ def _layer_order(names) -> list[str]:
     return sorted(names, key=lambda n: int(n.split("_")[0]))
 
 
-def _hessian_blocks(loss_fn, params, batch) -> dict:
+def _hessian_blocks(loss_fn, params, batch, spectrum: bool = True) -> dict:
     """The exact Hessian's spectrum and per-layer diagonal blocks and their coupling.
 
     Returns:
-      ``{"values": eigenvalues, "blocks": {layer: block eigenvalues},
-      "coupling": ||off-diagonal blocks||_F / ||H||_F}``.
+      ``{"values": eigenvalues (None unless spectrum), "blocks": {layer: block
+      eigenvalues}, "coupling": ||off-diagonal blocks||_F / ||H||_F}``.
     """
     matrix = np.asarray(hessian.hessian_matrix(loss_fn, params, batch), np.float64)
     matrix = 0.5 * (matrix + matrix.T)
@@ -735,14 +747,16 @@ def _hessian_blocks(loss_fn, params, batch) -> dict:
         blocks[name] = np.linalg.eigvalsh(matrix[sl, sl])
         diagonal[sl, sl] = matrix[sl, sl]
     coupling = float(np.linalg.norm(matrix - diagonal) / np.linalg.norm(matrix))
-    return {"values": np.linalg.eigvalsh(matrix), "blocks": blocks, "coupling": coupling}
+    return {"values": np.linalg.eigvalsh(matrix) if spectrum else None, "blocks": blocks,
+            "coupling": coupling}
 
 
 def _hidden_statistics(model: nn.Layer, params, x) -> dict:
-    """Per hidden layer: mean and variance of the dense output and of the layer's output.
+    """Per hidden layer: mean ``|E[.]|`` and variance of the dense output and of the layer's output.
 
-    Layers run in training mode (batch norm with the batch's statistics), as
-    in the losses of :func:`_mlp_loss`.
+    Each statistic is the mean over units of the per-unit statistic over the
+    examples, shape ``(layers,)``. Layers run in training mode (batch norm with
+    the batch's statistics), as in the losses of :func:`_mlp_loss`. Jittable.
     """
     out = {"pre_mean": [], "pre_var": [], "out_mean": [], "out_var": []}
     h = x
@@ -751,18 +765,41 @@ def _hidden_statistics(model: nn.Layer, params, x) -> dict:
             else (layer, params[name])
         z, _ = inner.children[0].apply(p["0_dense"], h)
         h, _ = layer.apply(params[name], h, state=None, train=True)
-        out["pre_mean"].append(float(jnp.mean(jnp.abs(jnp.mean(z, 0)))))
-        out["pre_var"].append(float(jnp.mean(jnp.var(z, 0))))
-        out["out_mean"].append(float(jnp.mean(jnp.abs(jnp.mean(h, 0)))))
-        out["out_var"].append(float(jnp.mean(jnp.var(h, 0))))
-    return out
+        out["pre_mean"].append(jnp.mean(jnp.abs(jnp.mean(z, 0))))
+        out["pre_var"].append(jnp.mean(jnp.var(z, 0)))
+        out["out_mean"].append(jnp.mean(jnp.abs(jnp.mean(h, 0))))
+        out["out_var"].append(jnp.mean(jnp.var(h, 0)))
+    return {k: jnp.stack(v) for k, v in out.items()}
 
 
-def _signal_norms(model: nn.Layer, params, x, labels) -> list[float]:
+_COMPILED: dict = {}
+
+
+def _model_jit(fn: Callable, model: nn.Layer, vmapped: bool = False) -> Callable:
+    """``jit(partial(fn, model))`` (vmapped over stacked params), compiled once per model.
+
+    The cached models of :func:`_mlp_loss` are reused across studies, so are these.
+    """
+    key = (fn.__name__, id(model), vmapped)
+    if key not in _COMPILED:  # the model is kept alive by the cache entry
+        bound = functools.partial(fn, model)
+        _COMPILED[key] = (model, jax.jit(jax.vmap(bound, in_axes=(0, None)) if vmapped
+                                         else bound))
+    return _COMPILED[key][1]
+
+
+def _statistics_over_inits(model: nn.Layer, params_list: list, x) -> dict:
+    """:func:`_hidden_statistics` of several inits in one compiled call: ``(inits, layers)``."""
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params_list)
+    return {k: np.asarray(v, np.float64)
+            for k, v in _model_jit(_hidden_statistics, model, vmapped=True)(stacked, x).items()}
+
+
+def _signal_norms(model: nn.Layer, params, x, labels) -> jax.Array:
     """``||dL / dh_l||`` for each hidden layer's output ``h_l`` (the back-propagated signal).
 
     The gradient of the softmax cross-entropy with respect to a perturbation
-    added to each hidden layer's output, at zero perturbation.
+    added to each hidden layer's output, at zero perturbation; shape ``(layers,)``.
     """
     names, layers = model.names, model.children
 
@@ -776,7 +813,7 @@ def _signal_norms(model: nn.Layer, params, x, labels) -> list[float]:
     for name, layer in zip(names[:-1], layers[:-1]):
         h = layer.apply(params[name], h, state=None, train=True)[0]
         shapes.append(jnp.zeros_like(h))
-    return [float(jnp.linalg.norm(g)) for g in jax.grad(loss_of)(shapes)]
+    return jnp.stack([jnp.linalg.norm(g) for g in jax.grad(loss_of)(shapes)])
 
 
 def _digits_standardized(ctx, n: int):
@@ -838,14 +875,14 @@ def centered_activations(ctx, centred="tanh", uncentred="sigmoid"):
         params = _init(model, key, 64)
         h = _hessian_blocks(loss_fn, params, (x, y))
         names = list(h["blocks"])
-        stats = _hidden_statistics(model, params, x)
+        stats = {k: v[0] for k, v in _statistics_over_inits(model, [params], x).items()}
         cond = {name: _conditioning(h["blocks"][name], definite=name == names[-1])
                 for name in names[1:]}
         lr = 1.0 / float(h["values"][-1])
         loss_path, _ = _gd_paths(loss_fn, params, (x, y), jnp.asarray([lr], F64), steps)
         curves[act] = np.asarray(loss_path[0], np.float64)
         numbers[act] = {
-            "hidden_mean_abs": stats["out_mean"], "hidden_var": stats["out_var"],
+            "hidden_mean_abs": stats["out_mean"].tolist(), "hidden_var": stats["out_var"].tolist(),
             "output_block_kappa": cond[names[-1]]["condition_number"],
             "deeper_block_spread": {k: v["spread"] for k, v in cond.items()},
             "lambda_max": float(h["values"][-1]), "lr": lr,
@@ -921,7 +958,7 @@ def equal_width(ctx, width=None, unequal=None):
         tops, means = [], []
         for seed in range(seeds):
             params = _init(model, jax.random.fold_in(ctx.key("opt.equal-width"), seed), 64)
-            h = _hessian_blocks(loss_fn, params, (x, y))
+            h = _hessian_blocks(loss_fn, params, (x, y), spectrum=False)
             tops.append(list(_block_top(h["blocks"]).values()))
             means.append([float(np.mean(v)) for v in h["blocks"].values()])
         tops = np.exp(np.mean(np.log(np.asarray(tops)), 0))
@@ -971,10 +1008,10 @@ def _plot_layer_scales(ctx, numbers) -> str:
     return ctx.save_figure(fig, "opt_equal_width")
 
 
-def _bn_numbers(h: dict, stats: list[dict]) -> dict:
+def _bn_numbers(h: dict, stats: dict) -> dict:
     """Hessian numbers of one init and hidden-layer statistics (geometric means over inits)."""
     values = h["values"]
-    mean_of = lambda key: np.exp(np.mean(np.log([s[key] for s in stats]), 0)).tolist()  # noqa: E731
+    mean_of = lambda key: np.exp(np.mean(np.log(stats[key]), 0)).tolist()  # noqa: E731
     variances = mean_of("out_var")
     return {"hidden_var": variances, "hidden_mean_abs": mean_of("out_mean"),
             "dense_output_var": mean_of("pre_var"),
@@ -1006,7 +1043,7 @@ def batchnorm(ctx, gains=(1.0, 2.0), activation="relu"):
     for label, bn in (("plain", False), ("batch norm", True)):
         model, loss_fn = _mlp_loss((width,) * depth, activation, 10, "ce", batch_norm=bn)
         for gain in gains:
-            stats = [_hidden_statistics(model, _init(model, k, 64, gain), x) for k in keys]
+            stats = _statistics_over_inits(model, [_init(model, k, 64, gain) for k in keys], x)
             numbers[f"{label}, gain {gain:.3g}"] = _bn_numbers(
                 _hessian_blocks(loss_fn, _init(model, keys[0], 64, gain), (x, y)), stats)
     pairs = [(numbers[f"plain, gain {g:.3g}"], numbers[f"batch norm, gain {g:.3g}"])
@@ -1093,7 +1130,7 @@ def skip_connections(ctx, depth=None, activation="tanh"):
     for label, res in (("plain", False), ("residual", True)):
         model, loss_fn = _mlp_loss((width,) * depth, activation, 10, "ce", residual=res)
         params = _init(model, key, 64)
-        signal = _signal_norms(model, params, x, y)
+        signal = np.asarray(_model_jit(_signal_norms, model)(params, x, y), np.float64).tolist()
         h = _hessian_blocks(loss_fn, params, (x, y))
         cond = _conditioning(h["values"])
         numbers[label] = {"hidden_signal_norms": signal,
