@@ -310,6 +310,7 @@ def _memory_task(seed: int, epochs: int, delay: int, seeds: int,
             "lstm": _memory_model(seed, epochs, delay, seeds, "lstm", float(forget_bias))}
 
 
+@functools.lru_cache(maxsize=None)
 def _delayed_split(seed: int, delay: int, split: str):
     ds = _digits(seed)
     x, y = {"train": (ds.x_train, ds.y_train), "val": (ds.x_val, ds.y_val),
@@ -322,8 +323,9 @@ def _memory_model(seed: int, epochs: int, delay: int, seeds: int, cell: str,
                   forget_bias: float) -> dict:
     """One cell trained from ``seeds`` initialisations in one program (cached).
 
-    Returns the model, every seed's initial params, the first seed's trained
-    params, and every seed's test accuracy. The RNN ignores ``forget_bias``.
+    Returns the model, every seed's initial params (leaves ``(seeds, ...)``),
+    the first seed's trained params, and every seed's test accuracy. The RNN
+    ignores ``forget_bias``.
     """
     x_tr, y_tr = _delayed_split(seed, delay, "train")
     x_val, y_val = _delayed_split(seed, delay, "val")
@@ -340,7 +342,8 @@ def _memory_model(seed: int, epochs: int, delay: int, seeds: int, cell: str,
                              quiet=True)
     logits = jax.vmap(lambda p: model.apply(p, x_te)[0])(result.all_params)
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
-    return {"model": model, "inits": [init_fn(jt.split_restart_key(k)[0]) for k in keys],
+    inits = jax.vmap(lambda k: init_fn(jt.split_restart_key(k)[0]))(keys)
+    return {"model": model, "inits": inits,
             "params": first(result.all_params),
             "accuracy": np.asarray(jnp.mean(jnp.argmax(logits, -1) == y_te, -1))}
 
@@ -354,6 +357,8 @@ def _plain_loss(model):
 
 
 _gradient_norms = jax.jit(models.hidden_gradient_norms, static_argnums=0)
+_seed_gradient_norms = jax.jit(jax.vmap(models.hidden_gradient_norms, (None, 0, None)),
+                               static_argnums=0)
 
 
 def _float64(tree):
@@ -381,8 +386,8 @@ def lstm_memory(ctx, delay=None, forget_bias=1.0, min_gain=0.1, probe=32):
     x_probe = task["x_test"][:probe].astype(jnp.float64)
     norms, seed_rates = {}, {}
     for cell in models.CELLS:
-        inits = np.asarray([_gradient_norms(cell, _float64(p["recurrent"]), x_probe)
-                            for p in task[cell]["inits"]])
+        inits = np.asarray(_seed_gradient_norms(cell, _float64(task[cell]["inits"]["recurrent"]),
+                                                x_probe))
         norms[f"{cell}_init"] = inits.mean(0)
         seed_rates[cell] = [_decay_rate(n) for n in inits]
         norms[f"{cell}_params"] = np.asarray(
