@@ -97,13 +97,14 @@ def test_validation_selection_fails_on_training_loss(ctx):
 
 def test_early_stopping_without_overfitting(ctx):
     assert default("reg.early-stopping", ctx).verdict == HOLDS
-    no_overfit = rg.early_stopping(ctx, n_train=1078, hidden=(16,), epochs=10)
+    no_overfit = rg.early_stopping(ctx, epochs=8)  # stopped before it can overfit
     assert no_overfit.verdict == CAVEAT
+    assert no_overfit.numbers["best_epoch"] == 8
 
 
 def test_weight_decay_needs_a_rate(ctx):
     assert default("reg.weight-decay", ctx).verdict in (HOLDS, CAVEAT)
-    assert rg.weight_decay(ctx, rates=(0.0,)).verdict == FAILS
+    assert rg.weight_decay(ctx, rates=(0.0,) * 5).verdict == FAILS
 
 
 def test_weight_norm_bound_fails_for_a_non_operator_norm(ctx):
@@ -138,7 +139,8 @@ def test_prior_knowledge_fails_when_removing_informative_pixels(ctx):
 def test_transfer_fails_when_it_never_helps(ctx):
     finding = default("reg.transfer", ctx)
     assert finding.verdict in (HOLDS, CAVEAT)
-    assert rg.transfer(ctx, targets=("new_classes",)).verdict == FAILS
+    # digits 5-9 only: the pretrained body never beats training from scratch
+    assert rg.transfer(ctx, targets=("new_classes",) * 3).verdict == FAILS
 
 
 @pytest.mark.parametrize("fn, study_id", [(rg.adversarial_defences, "reg.adversarial"),

@@ -289,6 +289,34 @@ def dataset_bias(ctx, p_other=0.0, penalty_rate=10.0, target_class=3):
 # --- finite data, distribution shift, domain critic -----------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _finite_program(num_sizes: int, members: int) -> dict:
+    """The learning-curve study's model, loss, optimiser and evaluation, built once."""
+    model = _mlp((32,))
+
+    def loss(params, batch):
+        x, y, w = batch  # w: (examples, lanes), each lane's weights on its own subset
+        logits = jax.vmap(lambda p: model.apply(p, x)[0])(params)
+        per_example = jax.vmap(lambda lg: losses.softmax_cross_entropy(
+            lg, y, reduction="none"))(logits)
+        return jnp.sum(per_example * w.T)
+
+    @_jit
+    def evaluate(params, x_train, y_train, weights, x_test, y_test):
+        probs = jax.vmap(lambda p: jax.nn.softmax(model.apply(p, x_test)[0]))(params)
+        test_err = 1 - jnp.mean(jnp.argmax(probs, -1) == y_test, -1)
+        train_logits = jax.vmap(lambda p: model.apply(p, x_train)[0])(params)
+        train_err = jnp.sum((jnp.argmax(train_logits, -1) != y_train) * weights.T, -1)
+        per_size = probs.reshape(num_sizes, members, *probs.shape[1:])
+        mi = jax.vmap(lambda pr: jnp.mean(models.mutual_information(pr)))(per_size)
+        ens_err = jax.vmap(lambda pr: 1 - jnp.mean(
+            jnp.argmax(models.predictive_mean(pr), -1) == y_test))(per_size)
+        return test_err, train_err, mi, ens_err
+
+    return {"loss": loss, "optimizer": optax.adam(0.01), "evaluate": evaluate,
+            "init": _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))}
+
+
 @study("reg.finite-data", SECTION,
        "Finite data: There is not enough datapoints to fully represent the entire distribution")
 def finite_data(ctx, shuffle_labels=False):
@@ -310,33 +338,14 @@ def finite_data(ctx, shuffle_labels=False):
     rank[np.asarray(jax.random.permutation(k_perm, n))] = np.arange(n)
     lane_sizes = np.repeat(np.asarray(sizes), members)
     weights = ((rank[:, None] < lane_sizes[None, :]) / lane_sizes[None, :]).astype(np.float32)
-    model = _mlp((32,))
-
-    def loss(params, batch):
-        x, y, w = batch
-        logits = jax.vmap(lambda p: model.apply(p, x)[0])(params)
-        per_example = jax.vmap(lambda lg: losses.softmax_cross_entropy(
-            lg, y, reduction="none"))(logits)
-        return jnp.sum(per_example * w.T)
-
+    program = _finite_program(len(sizes), members)
     init_keys = jnp.tile(jax.random.split(k_init, members), len(sizes))
-    fit = jt.fit(loss, _init_stack(model, init_keys, 64), optax.adam(0.01),
-                 (ds.x_train, y_train, jnp.asarray(weights)), epochs=ctx.pick(150, 300, 600),
-                 batch_size=n, key=k_run, quiet=True)
-
-    @_jit
-    def evaluate(params):
-        probs = jax.vmap(lambda p: jax.nn.softmax(model.apply(p, ds.x_test)[0]))(params)
-        test_err = 1 - jnp.mean(jnp.argmax(probs, -1) == ds.y_test, -1)
-        train_logits = jax.vmap(lambda p: model.apply(p, ds.x_train)[0])(params)
-        train_err = jnp.sum((jnp.argmax(train_logits, -1) != y_train) * weights.T, -1)
-        per_size = probs.reshape(len(sizes), members, *probs.shape[1:])
-        mi = jax.vmap(lambda pr: jnp.mean(models.mutual_information(pr)))(per_size)
-        ens_err = jax.vmap(lambda pr: 1 - jnp.mean(
-            jnp.argmax(models.predictive_mean(pr), -1) == ds.y_test))(per_size)
-        return test_err, train_err, mi, ens_err
-
-    test_err, train_err, mi, ens_err = map(np.asarray, evaluate(fit.params))
+    weights = jnp.asarray(weights)
+    fit = jt.fit(program["loss"], program["init"](init_keys), program["optimizer"],
+                 (ds.x_train, y_train, weights), epochs=ctx.pick(150, 300, 600), batch_size=n,
+                 key=k_run, quiet=True)
+    test_err, train_err, mi, ens_err = map(np.asarray, program["evaluate"](
+        fit.params, ds.x_train, y_train, weights, ds.x_test, ds.y_test))
     test_err = test_err.reshape(len(sizes), members).mean(1)
     train_err = train_err.reshape(len(sizes), members).mean(1)
     slope = float(np.polyfit(np.log(sizes), np.log(np.maximum(test_err, 1e-3)), 1)[0])
@@ -473,6 +482,70 @@ def shift_uncertainty(ctx, shifts=("sensor_noise", "inverted", "rotated_90", "un
     )
 
 
+DANN_ARMS = ("plain", "dann")
+
+
+@functools.lru_cache(maxsize=4)
+def _critic_program(scale: float) -> dict:
+    """The domain-critic study's networks, losses, optimisers and evaluation, built once.
+
+    Arms: ``plain`` (reversal scale 0: the critic learns, the features are not
+    pushed) and ``dann`` (scale ``scale``); features 64-64-32 ReLU, classifier
+    32-10, critic 32-32-1; a fresh logistic probe on the frozen features.
+    """
+
+    def make(reversal):
+        features = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32),
+                             nn.activation("relu"))
+        critic = nn.serial(nn.dense(32), nn.activation("relu"), nn.dense(1))
+        return models.dann(features, nn.dense(10), critic, scale=reversal)
+
+    arms = {"plain": make(0.0), "dann": make(scale)}
+    objectives = {name: models.dann_loss(m) for name, m in arms.items()}
+    extract = arms["plain"].children[0]  # the features layer (same in both arms)
+    probe = nn.dense(1)
+
+    def loss(params, batch):
+        return sum(_summed(objectives[n])(params[n], batch) for n in DANN_ARMS)
+
+    def probe_loss(p, batch):
+        f, t = batch
+        return losses.binary_cross_entropy(probe.apply(p, f)[0][:, 0], t, from_logits=True)
+
+    @_jit
+    def features(params, x):
+        """``(arms * seeds, examples, 32)``, arm-major."""
+        return jnp.concatenate([jax.vmap(lambda p: extract.apply(p["features"], x)[0])(
+            params[n]) for n in DANN_ARMS])
+
+    @_jit
+    def evaluate(params, probes, x_test, y_test, x_target_test):
+        out = {}
+        for a, name in enumerate(DANN_ARMS):
+            m = arms[name]
+            seeds = jax.tree.leaves(params[name])[0].shape[0]
+            q = jax.tree.map(lambda leaf: leaf[a * seeds:(a + 1) * seeds], probes)
+
+            def one(p, q, m=m):
+                f_src = extract.apply(p["features"], x_test)[0]
+                f_tgt = extract.apply(p["features"], x_target_test)[0]
+                probe_acc = 0.5 * (jnp.mean(probe.apply(q, f_src)[0] <= 0)
+                                   + jnp.mean(probe.apply(q, f_tgt)[0] > 0))
+                accuracy = lambda x: jnp.mean(  # noqa: E731
+                    jnp.argmax(m.apply(p, x)[0][0], -1) == y_test)
+                return (accuracy(x_test), accuracy(x_target_test),
+                        models.domain_accuracy(m, p, x_test, x_target_test), probe_acc)
+
+            out[name] = jax.vmap(one)(params[name], q)
+        return out
+
+    return {"loss": loss, "optimizer": optax.adam(0.005), "features": features,
+            "init": _jit(jax.vmap(lambda k: arms["plain"].init(k, (-1, 64), F32)[1])),
+            "probe_loss": _summed(probe_loss, in_axes=(1, None)),
+            "probe_init": _jit(jax.vmap(lambda k: probe.init(k, (-1, 32), F32)[1])),
+            "probe_optimizer": optax.adam(0.05), "evaluate": evaluate}
+
+
 @study("reg.domain-critic", SECTION,
        "Use a domain critic where your model is trying to classify correctly and at the same "
        "time trying to represent the data features such that both domains have the same "
@@ -490,57 +563,24 @@ def domain_critic(ctx, scale=1.0, shift="sensor_noise"):
     x_target = _shifted(shift, ds.x_train[half:2 * half], k_shift)  # its labels are not used
     x_target_test = _shifted(shift, ds.x_test, k_test)
 
-    def make(reversal):
-        features = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32),
-                             nn.activation("relu"))
-        critic = nn.serial(nn.dense(32), nn.activation("relu"), nn.dense(1))
-        return models.dann(features, nn.dense(10), critic, scale=reversal)
-
-    arms = {"plain": make(0.0), "dann": make(scale)}
-    objectives = {name: models.dann_loss(m) for name, m in arms.items()}
     seeds = ctx.pick(1, 2, 3)
-
-    def loss(params, batch):
-        return sum(_summed(objectives[n])(params[n], batch) for n in arms)
-
-    start = _init_stack(arms["plain"], jax.random.split(k_init, seeds), 64)
-    fit = jt.fit(loss, {n: start for n in arms}, optax.adam(0.005),
+    program = _critic_program(float(scale))
+    start = program["init"](jax.random.split(k_init, seeds))
+    fit = jt.fit(program["loss"], {n: start for n in DANN_ARMS}, program["optimizer"],
                  (x_source, y_source, x_target), epochs=ctx.pick(8, 30, 60), batch_size=64,
                  key=k_run, quiet=True)
-
     # a fresh linear probe per trained network: can the domains still be told apart?
-    probe = nn.dense(1)
-    feats = {n: jax.vmap(lambda p, m=arms[n]: m.children[0].apply(p["features"], jnp.concatenate(
-        [x_source, x_target]))[0])(fit.params[n]) for n in arms}
-    stacked = jnp.concatenate([feats["plain"], feats["dann"]])  # (2 seeds, examples, 32)
+    features = program["features"](fit.params, jnp.concatenate([x_source, x_target]))
     is_target = jnp.concatenate([jnp.zeros(half), jnp.ones(half)]).astype(F32)
-
-    def probe_loss(p, batch):
-        f, t = batch
-        return losses.binary_cross_entropy(probe.apply(p, f)[0][:, 0], t, from_logits=True)
-
-    probes = jt.fit(_summed(probe_loss, in_axes=(1, None)),
-                    _init_stack(probe, jax.random.split(k_probe, 2 * seeds), 32),
-                    optax.adam(0.05), (jnp.moveaxis(stacked, 0, 1), is_target),
-                    epochs=ctx.pick(20, 50, 100), batch_size=128, key=k_probe, quiet=True).params
-    results = {}
-    for a, name in enumerate(arms):
-        m = arms[name]
-        rows = []
-        for i in range(seeds):
-            p = _lane(fit.params[name], i)
-            f_src = m.children[0].apply(p["features"], ds.x_test)[0]
-            f_tgt = m.children[0].apply(p["features"], x_target_test)[0]
-            q = _lane(probes, a * seeds + i)
-            probe_acc = 0.5 * (jnp.mean(probe.apply(q, f_src)[0] <= 0)
-                               + jnp.mean(probe.apply(q, f_tgt)[0] > 0))
-            rows.append([_accuracy(m.apply(p, ds.x_test)[0][0], ds.y_test),
-                         _accuracy(m.apply(p, x_target_test)[0][0], ds.y_test),
-                         float(models.domain_accuracy(m, p, ds.x_test, x_target_test)),
-                         float(probe_acc)])
-        mean = np.mean(rows, 0)
-        results[name] = dict(zip(("source_accuracy", "target_accuracy", "critic_accuracy",
-                                  "fresh_probe_accuracy"), mean.tolist()))
+    probes = jt.fit(program["probe_loss"], program["probe_init"](
+        jax.random.split(k_probe, 2 * seeds)), program["probe_optimizer"],
+        (jnp.moveaxis(features, 0, 1), is_target), epochs=ctx.pick(20, 50, 100),
+        batch_size=128, key=k_probe, quiet=True).params
+    scores = jax.device_get(program["evaluate"](fit.params, probes, ds.x_test, ds.y_test,
+                                                x_target_test))
+    results = {name: dict(zip(("source_accuracy", "target_accuracy", "critic_accuracy",
+                               "fresh_probe_accuracy"), np.asarray(v).mean(1).tolist()))
+               for name, v in scores.items()}
     plain, dann = results["plain"], results["dann"]
     fooled = dann["critic_accuracy"] <= 0.65
     aligned = fooled and dann["fresh_probe_accuracy"] <= 0.65
@@ -655,6 +695,39 @@ def feature_extractor(ctx, components=(8, 16, 32), n_train=None, fit_on="all_inp
 # --- weight decay: one sweep of penalty rates, read by four studies ------------------------------
 
 
+@functools.lru_cache(maxsize=2)
+def _sweep_program(features: int) -> dict:
+    """The weight-decay sweep's model, loss, optimiser and evaluation, built once.
+
+    The loss is a :class:`jdl.train.StatefulLoss` whose model state holds the
+    lanes' settings ``{"rates": (lanes,), "masks": (lanes, features)}``.
+    """
+    model = _mlp((64,))
+    ce = _ce(model)
+
+    def lane_loss(params, rate, mask, batch):
+        x, y = batch
+        penalised = regularize.add_penalty(
+            ce, lambda p: regularize.l2_penalty(p, rate, mask=regularize.kernel_mask))
+        return penalised(params, (x * mask, y))
+
+    def loss(params, config, batch, key, train):
+        del key, train
+        lanes = jax.vmap(lane_loss, in_axes=(0, 0, 0, None))(
+            params, config["rates"], config["masks"], batch)
+        return jnp.sum(lanes), config
+
+    @_jit
+    def evaluate(params, masks, x, y):
+        logits = jax.vmap(lambda p, m: model.apply(p, x * m)[0])(params, masks)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y[None], -1)
+        return acc, jax.vmap(lambda lg: losses.softmax_cross_entropy(lg, y))(logits)
+
+    return {"model": model, "loss": jt.StatefulLoss(loss),
+            "optimizer": optax.sgd(0.1, momentum=0.9), "evaluate": evaluate,
+            "init": _jit(jax.vmap(lambda k: model.init(k, (-1, features), F32)[1]))}
+
+
 @functools.lru_cache(maxsize=8)
 def _decay_sweep(seed: int, n_train: int, noise_features: int, rates: tuple[float, ...],
                  steps: int, seeds: int, removed: str = "noise") -> dict:
@@ -690,36 +763,20 @@ def _decay_sweep(seed: int, n_train: int, noise_features: int, rates: tuple[floa
     lane_keep = np.repeat(np.append(np.ones(len(rates)), 0.0), seeds)
     # per-lane input mask: 1 everywhere except the removed columns of the last lane
     masks = np.where(removed_mask[None, :], lane_keep[:, None], 1.0).astype(np.float32)
-    model = _mlp((64,))
-    ce = _ce(model)
-
-    def lane_loss(params, rate, mask, batch):
-        x, y = batch
-        penalised = regularize.add_penalty(
-            ce, lambda p: regularize.l2_penalty(p, rate, mask=regularize.kernel_mask))
-        return penalised(params, (x * mask, y))
-
-    cfg = (jnp.asarray(lane_rates, F32), jnp.asarray(masks))
-
-    def loss(params, batch):
-        return jnp.sum(jax.vmap(lane_loss, in_axes=(0, 0, 0, None))(params, *cfg, batch))
-
+    program = _sweep_program(features)
+    model = program["model"]
     init_keys = jnp.tile(jax.random.split(jax.random.fold_in(key, 1), seeds), len(rates) + 1)
-    params0 = _init_stack(model, init_keys, features)
-    fit = jt.fit(loss, params0, optax.sgd(0.1, momentum=0.9), (x_tr, y_tr), epochs=steps,
-                 batch_size=n_train, key=jax.random.fold_in(key, 2), quiet=True)
+    params0 = program["init"](init_keys)
+    # the lanes' settings travel as the (never updated) model state, so that a sweep with other
+    # rates or masks of the same shapes reuses the compiled program
+    config = {"rates": jnp.asarray(lane_rates, F32), "masks": jnp.asarray(masks)}
+    fit = jt.fit(program["loss"], params0, program["optimizer"], (x_tr, y_tr), epochs=steps,
+                 batch_size=n_train, key=jax.random.fold_in(key, 2), model_state=config,
+                 quiet=True)
     params = fit.params
-    masks_j = jnp.asarray(masks)
-
-    @_jit
-    def evaluate(x, y):
-        logits = jax.vmap(lambda p, m: model.apply(p, x * m)[0])(params, masks_j)
-        acc = jnp.mean(jnp.argmax(logits, -1) == y[None], -1)
-        ce_lane = jax.vmap(lambda lg: losses.softmax_cross_entropy(lg, y))(logits)
-        return acc, ce_lane
-
     (train_acc, train_ce), (val_acc, val_ce), (test_acc, test_ce) = jax.device_get(
-        [evaluate(x_tr, y_tr), evaluate(x_va, ds.y_val), evaluate(x_te, ds.y_test)])
+        [program["evaluate"](params, config["masks"], x, y)
+         for x, y in ((x_tr, y_tr), (x_va, ds.y_val), (x_te, ds.y_test))])
     informative = np.asarray(ds.x_train.std(0)) > 0.2
     w, w0 = np.abs(np.asarray(params["0_dense"]["w"])), np.abs(np.asarray(params0["0_dense"]["w"]))
     shrink = lambda rows: w[:, rows].mean((1, 2)) / w0[:, rows].mean((1, 2))  # noqa: E731
@@ -782,6 +839,17 @@ def validation_selection(ctx, select_on="val"):
         "only held-out data measures how the model generalises.")
 
 
+NEVER = 10**9  # a patience no run reaches
+
+
+@functools.lru_cache(maxsize=4)
+def _early_program(hidden: tuple[int, ...], lr: float) -> tuple:
+    """``(model, loss, optimizer, init, score)`` of the early-stopping study, built once."""
+    model = _mlp(hidden)
+    return (model, _ce(model), optax.adam(lr),
+            _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1])), _scorer(model))
+
+
 @study("reg.early-stopping", SECTION,
        "testing it against a validation set to test reality, only stop when the model is "
        "getting worse and use the last snapshot of the best model")
@@ -796,20 +864,17 @@ def early_stopping(ctx, n_train=None, hidden=(256, 256), epochs=None, lr=1e-3):
     epochs = epochs or ctx.pick(150, 150, 300)
     patience = ctx.pick(10, 10, 20)
     seeds = ctx.pick(3, 3, 5)
-    model = _mlp(tuple(hidden))
-    loss = _ce(model)
-    optimizer = optax.adam(lr)
+    model, loss, optimizer, init, score = _early_program(tuple(hidden), float(lr))
     train_data, val_data = (ds.x_train[:n_train], ds.y_train[:n_train]), (ds.x_val, ds.y_val)
     test = (ds.x_test, ds.y_test)
-    starts = _init_stack(model, jax.random.split(key, seeds), 64)
-    score = _scorer(model)
+    starts = init(jax.random.split(key, seeds))
     rows, curves = [], []
     for i in range(seeds):
         common = dict(epochs=epochs, batch_size=min(32, n_train), key=jax.random.fold_in(key, i),
                       val_data=val_data, quiet=True)
-        # patience = epochs never stops: the best snapshot and the last epoch of one run
+        # a patience longer than any run never stops: the best snapshot and the last epoch
         full = jt.fit(loss, _lane(starts, i), optimizer, train_data,
-                      early_stopping=jt.EarlyStopping(epochs), **common)
+                      early_stopping=jt.EarlyStopping(NEVER), **common)
         stopped = jt.fit(loss, _lane(starts, i), optimizer, train_data,
                          early_stopping=jt.EarlyStopping(patience), **common)
         three = jax.tree.map(lambda *a: jnp.stack(a), full.params, full.state.params,
@@ -841,7 +906,7 @@ def early_stopping(ctx, n_train=None, hidden=(256, 256), epochs=None, lr=1e-3):
                f"(ReLU), Adam {lr:g}, batch 32, {epochs} epochs, {seeds} seed(s); jdl.train.fit "
                f"with EarlyStopping(patience={patience}) on the validation loss (359 digits) "
                "restores the best epoch's params; compared with the last epoch of the same run "
-               "without stopping (patience = epochs), on the 360 test digits.",
+               "without stopping (an unreachable patience), on the 360 test digits.",
         numbers=numbers | {"epochs": epochs, "patience": patience,
                            "relative_test_loss_gain": float(loss_gain)},
         threshold="overfitting if the best validation epoch comes more than `patience` epochs "
@@ -1191,6 +1256,43 @@ def _transfer_target(name: str, x: jax.Array, y: jax.Array, shots: int | None, r
 TRANSFER_VARIANTS = ("frozen", "fine_tuned", "scratch")
 
 
+@functools.lru_cache(maxsize=4)
+def _transfer_program(num_targets: int, seeds: int) -> dict:
+    """The transfer study's network, losses, optimisers and metrics, built once.
+
+    An MLP body 64-64-32 (ReLU, ``"0_serial"``) under a 5-class head; the
+    fine-tuning loss sums the variants' lanes ``(target, seed)`` (target-major,
+    data lanes along axis 1); metric ``"<variant>:<target index>"`` is that
+    variant's mean test accuracy on that target.
+    """
+    body = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32), nn.activation("relu"))
+    model = nn.serial(body, nn.dense(5))
+    ce = _ce(model)
+    per_lane = _summed(ce, in_axes=(1, 1))
+    init = _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))
+    template = {v: jax.eval_shape(init, jax.random.split(jax.random.key(0), 2))
+                for v in TRANSFER_VARIANTS}
+
+    def loss(params, batch):
+        return sum(per_lane(params[v], batch) for v in TRANSFER_VARIANTS)
+
+    def metric(variant, t):
+        def accuracy(params, batch):
+            x, y = batch
+            p = jax.tree.map(lambda a: a[t * seeds:(t + 1) * seeds], params[variant])
+            logits = jax.vmap(lambda q, xi: model.apply(q, xi)[0], in_axes=(0, 1))(
+                p, x[:, t * seeds:(t + 1) * seeds])
+            return jnp.mean(jnp.argmax(logits, -1) == jnp.moveaxis(
+                y[:, t * seeds:(t + 1) * seeds], 1, 0))
+        return accuracy
+
+    return {"model": model, "ce": _summed(ce), "init": init,
+            "pretrain_optimizer": optax.adam(0.01), "loss": loss,
+            "optimizer": models.freeze(optax.adam(0.01), template, "frozen/0_serial"),
+            "metrics": {f"{v}:{t}": metric(v, t) for v in TRANSFER_VARIANTS
+                        for t in range(num_targets)}}
+
+
 @study("reg.transfer", SECTION,
        "Use transfer learning by hooking up your model to an already well trained model of a "
        "similar problem. The pre-trained model may not be well-suited to the second task if "
@@ -1207,17 +1309,17 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
     ds = _digits(ctx.seed)
     key = ctx.key("reg.transfer")
     k_pre, k_run, k_init, k_fine = jax.random.split(key, 4)
-    body = nn.serial(nn.dense(64), nn.activation("relu"), nn.dense(32), nn.activation("relu"))
-    model = nn.serial(body, nn.dense(5))
-    ce = _ce(model)
+    seeds = ctx.pick(1, 3, 5)
+    program = _transfer_program(len(targets), seeds)
+    model = program["model"]
     x_src, y_src = models.select_classes(ds.x_train, ds.y_train, (0, 1, 2, 3, 4))
-    pretrained = jt.fit(ce, model.init(k_pre, (-1, 64), F32)[1], optax.adam(0.01),
+    pretrained = jt.fit(program["ce"], program["init"](k_pre[None]), program["pretrain_optimizer"],
                         (x_src, y_src), epochs=ctx.pick(10, 30, 30), batch_size=32, key=k_run,
                         quiet=True).params
+    pretrained = jax.tree.map(lambda a: a[0], pretrained)
     x_st, y_st = models.select_classes(ds.x_test, ds.y_test, (0, 1, 2, 3, 4))
     source_accuracy = _accuracy(model.apply(pretrained, x_st)[0], y_st)
 
-    seeds = ctx.pick(1, 3, 5)
     rng = np.random.default_rng(ctx.seed)
     train = [_transfer_target(t, ds.x_train, ds.y_train, shots, rng) for t in targets]
     test = [_transfer_target(t, ds.x_test, ds.y_test, None, None) for t in targets]
@@ -1229,30 +1331,15 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
                 jnp.repeat(jnp.stack([y[:m] for _, y in sets], 1), seeds, axis=1))
 
     train_data, test_data = lane_data(train, shots * 5), lane_data(test, m_test)
-    fresh = _init_stack(model, jnp.tile(jax.random.split(k_init, seeds), len(targets)), 64)
+    fresh = program["init"](jnp.tile(jax.random.split(k_init, seeds), len(targets)))
     stacked_pre = jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), pretrained)
     start = models.transplant(stacked_pre, fresh, "0_serial")
     params0 = {"frozen": start, "fine_tuned": start, "scratch": fresh}
-    optimizer = models.freeze(optax.adam(0.01), params0, "frozen/0_serial")
-    per_lane = _summed(ce, in_axes=(1, 1))
-
-    def loss(params, batch):
-        return sum(per_lane(params[v], batch) for v in TRANSFER_VARIANTS)
-
-    def metric(variant, t):
-        def accuracy(params, batch):
-            x, y = batch
-            p = jax.tree.map(lambda a: a[t * seeds:(t + 1) * seeds], params[variant])
-            logits = jax.vmap(lambda q, xi: model.apply(q, xi)[0], in_axes=(0, 1))(
-                p, x[:, t * seeds:(t + 1) * seeds])
-            return jnp.mean(jnp.argmax(logits, -1) == jnp.moveaxis(
-                y[:, t * seeds:(t + 1) * seeds], 1, 0))
-        return accuracy
-
-    metrics = {f"{v}:{t}": metric(v, i) for v in TRANSFER_VARIANTS for i, t in enumerate(targets)}
-    history = jt.fit(loss, params0, optimizer, train_data, epochs=ctx.pick(40, 150, 300),
-                     batch_size=shots * 5, key=k_fine, val_data=test_data, metrics=metrics,
-                     quiet=True).history
+    history = jt.fit(program["loss"], params0, program["optimizer"], train_data,
+                     epochs=ctx.pick(40, 150, 300), batch_size=shots * 5, key=k_fine,
+                     val_data=test_data, metrics=program["metrics"], quiet=True).history
+    history = {f"val_{v}:{t}": history[f"val_{v}:{i}"] for v in TRANSFER_VARIANTS
+               for i, t in enumerate(targets)} | {"loss": history["loss"]}
     table = {t: {v: {"final": float(history[f"val_{v}:{t}"][-1]),
                      "peak": float(np.max(history[f"val_{v}:{t}"]))} for v in TRANSFER_VARIANTS}
              for t in targets}
