@@ -51,7 +51,7 @@ def _fit(model, objective, x, seed: int, epochs: int, lr: float = LR):
     return result.params
 
 
-def _decoder_weights(params):
+def _weight_matrices(params):
     return {"V": params["encoder"]["1_dense"]["w"], "W": params["decoder"]["0_dense"]["w"]}
 
 
@@ -85,7 +85,7 @@ def _dense_cached(seed, epochs, lam, noise, max_angle, lam_w, classes, activatio
 
             def objective(params, batch):
                 return sparse(params, batch) + losses.weight_restriction(
-                    _decoder_weights(params), lam_w)
+                    _weight_matrices(params), lam_w)
         if max_angle:
             objective = models.rotation_objective(objective, max_angle)
     return model, _fit(model, objective, x, seed, epochs)
