@@ -1,5 +1,12 @@
 """Studies of the notes' Regularization section: bias, finite data, shift, overfitting, attacks.
 
+In the notes' order: dataset bias and its remedies; finite data (learning
+curve); distribution shift (ensemble uncertainty, a domain critic); the
+overfitting remedies (feature extractor, validation selection, early
+stopping, weight decay and its gradient bound, dropout, prior knowledge);
+transfer learning with its risks; the adversarial defences; the Frobenius
+and mixed norms, Cauchy-Schwarz and the mixed-norm bound.
+
 Models are small MLPs on digits (float32). Several variants of a model
 ("lanes": seeds, penalty rates, data variants, remedies) train together in
 one :func:`jdl.train.fit` call: their params are stacked (or kept side by
@@ -7,7 +14,10 @@ side in a dict) and the loss is the *sum* of the lanes' losses. Each lane's
 gradient is then exactly its own loss's gradient and Adam works element by
 element, so every lane takes the steps it would take alone (on shared
 minibatches), while the whole sweep costs one compilation. Trainings that
-several studies read are cached per ``(mode, seed, settings)``.
+several studies read are cached per ``(seed, settings)``, and each study's
+losses and optimisers are built once per setting (``_*_program``), so a rerun
+on other data of the same shapes (a flip case in the tests) reuses the
+compiled programs.
 """
 
 from __future__ import annotations
@@ -259,7 +269,7 @@ def dataset_bias(ctx, p_other=0.0, penalty_rate=10.0, target_class=3):
         verdict=verdict,
         summary=f"baseline: reliance {base['reliance']:.3f}, accuracy drop "
                 f"{base['drop_with_patch_everywhere']:.3f} with the patch on every test digit; "
-                + ", ".join(f"{r} {results[r]['reliance']:.3f}/"
+                "remedies (reliance/drop): " + ", ".join(f"{r} {results[r]['reliance']:.3f}/"
                             f"{results[r]['drop_with_patch_everywhere']:.3f}"
                             for r in BIAS_REMEDIES),
         method=f"digits, a 2x2 patch of 1s (models.corner_patch_mask, a corner that is blank in "
