@@ -146,13 +146,15 @@ def test_batchnorm_holds_for_vanishing_and_exploding_init_caveat_for_he(ctx):
 def test_skip_connections_caveat_deep_fails_shallow(ctx):
     finding = _check(cond.skip_connections(ctx), ctx)
     assert finding.verdict == CAVEAT
-    ratios = {k: v["first_over_last_hidden"] for k, v in finding.numbers.items()}
+    deepest = str(finding.numbers["depths"][-1])
+    ratios = {k: finding.numbers[k][deepest]["first_over_last_hidden"]
+              for k in ("plain", "residual")}
     assert ratios["residual"] > 1 > ratios["plain"]
     # One hidden layer: nothing to skip, the two nets are the same.
     shallow = cond.skip_connections(ctx, depth=1)
     assert shallow.verdict == FAILS
-    assert shallow.numbers["plain"]["coupling"] == pytest.approx(
-        shallow.numbers["residual"]["coupling"])
+    assert shallow.numbers["plain"]["1"]["coupling"] == pytest.approx(
+        shallow.numbers["residual"]["1"]["coupling"])
 
 
 def test_preprocess_rejects_unknown_name():

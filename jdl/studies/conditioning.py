@@ -319,7 +319,7 @@ def ill_conditioned_lr(ctx, dataset="diabetes", preprocess="raw",
     steps = ctx.pick(300, 2000, 5000)
     x, t = _split(ctx, dataset)
     problems, numbers = {}, {}
-    for label, how in ((preprocess, preprocess), ("standardize", "standardize")):
+    for label, how in dict.fromkeys([(preprocess, preprocess), ("standardize", "standardize")]):
         xp = _preprocess(x, how)
         batch = (xp, t)
         p0 = _zeros_linear(x.shape[1])
@@ -386,15 +386,16 @@ def ill_conditioned_lr(ctx, dataset="diabetes", preprocess="raw",
             "Exact for a fixed (quadratic) Hessian: lr <= 2/λmax, then the slow directions "
             "shrink by (1 - lr λmin) per step. A network's Hessian moves: full-batch GD at "
             f"{above_net[0]:g} x 2/λmax(init) did not diverge; the sharpness fell from "
-            f"{net['lambda_max_init']:.3g} to {run['final_sharpness_over_limit']:.2f} x 2/lr "
-            "(catapult, then the edge of stability, Cohen et al. 2021) and the loss still fell.")
+            f"{above_net[0]:g} x 2/lr at init to {run['final_sharpness_over_limit']:.2f} x 2/lr "
+            "(catapult, then the edge of stability, Cohen et al. 2021) and the loss fell to "
+            f"{run['loss_ratio']:.2g} of its start.")
     figure = _plot_lr_limit(ctx, problems, net)
     return Finding(
         verdict=verdict,
         summary=f"{dataset} ({preprocess}) κ = {main['condition_number']:.3g}: converges below "
-                f"2/λmax, diverges above ({'yes' if converge and diverge else 'no'}); at 0.99 x "
-                f"2/λmax the slowest direction needs {main['steps_to_shrink_slowest_1e3']:.3g} "
-                "steps to shrink 1000x",
+                f"2/λmax, diverges above ({'yes' if converge and diverge else 'no'}); at "
+                f"{factors[max(below)]:g} x 2/λmax the slowest direction needs "
+                f"{main['steps_to_shrink_slowest_1e3']:.3g} steps to shrink 1000x",
         method=f"linear regression (MSE) on the {dataset} training split, inputs {preprocess} and "
                "standardised, exact Hessian (float64); full-batch GD from w = 0 for "
                f"{steps} steps at lr = factor x 2/λmax, factors {list(factors)}; the error "
@@ -405,8 +406,7 @@ def ill_conditioned_lr(ctx, dataset="diabetes", preprocess="raw",
         threshold="does not hold unless every lr below 2/λmax converges, every lr above ends "
                   "with > 100x the initial excess loss, and the top-eigenvector error flips sign "
                   "every step for 1/λmax < lr < 2/λmax (bouncing); holds if moreover κ > 1e3 "
-                  "and "
-                  "the slowest direction needs > 10x the run's steps to shrink 1000x at the "
+                  "and the slowest direction needs > 10x the run's steps to shrink 1000x at the "
                   "largest stable rate, and no network trained above its initial limit",
         caveat=caveat, figures=[figure])
 
@@ -489,8 +489,8 @@ def best_lr(ctx, problems=None):
         caveat="" if verdict == HOLDS else
         "A ratio of eigenvalues has no units, a learning rate has units of 1/curvature: "
         "scaling the loss by c scales the right rate by 1/c but leaves 0.99 λmin/λmax unchanged. "
-        "It is ~κ/2 times too small when λmax ~ 1 (needing ~κ²/2 instead of ~κ/2 steps per "
-        "e-fold)"
+        "With λmax ~ 1 it is ~2κ times smaller than the optimum (about κ² instead of κ/2 "
+        "steps per e-fold of the slowest direction)"
         + (f" and diverges on {diverged[0]!r} (it exceeds 2/λmax)" if diverged else "")
         + ". The best fixed step is 2/(λmin+λmax) (contraction (κ-1)/(κ+1)); any lr < 2/λmax "
         "converges.",
@@ -904,7 +904,8 @@ def centered_activations(ctx, centred="tanh", uncentred="sigmoid"):
                f"64-{'-'.join([str(width)] * depth)}-10 with {centred} or {uncentred} hidden "
                "units, MSE on one-hot labels, the same LeCun init; exact Hessian (float64) and "
                f"its per-layer diagonal blocks at init; then {steps} full-batch GD steps at lr = "
-               "1/λmax of each net (scale-free comparison).",
+               "1/λmax of each net (scale-free comparison). Normalising after every layer is "
+               "opt.batchnorm.",
         numbers=numbers | {"output_kappa_gain": kappa_gain, "deeper_spread_gain": spread_gain},
         threshold="holds if the centred net's output-layer block κ is > 2x lower, its deeper "
                   "blocks' spreads are lower on average, and it reaches a lower training loss "
@@ -1112,39 +1113,49 @@ def _plot_batchnorm(ctx, numbers, activation) -> str:
     return ctx.save_figure(fig, "opt_batchnorm")
 
 
+def _deep_net_numbers(model, loss_fn, params, x, y) -> dict:
+    """Back-propagated signal per hidden layer and the exact Hessian's conditioning and coupling."""
+    signal = np.asarray(_model_jit(_signal_norms, model)(params, x, y), np.float64).tolist()
+    h = _hessian_blocks(loss_fn, params, (x, y))
+    cond = _conditioning(h["values"])
+    return {"hidden_signal_norms": signal, "first_over_last_hidden": signal[0] / signal[-1],
+            "coupling": h["coupling"], "lambda_max": cond["lambda_max"],
+            "lambda_min": cond["lambda_min"], "negative_mass": cond["negative_mass"],
+            "spread": cond["spread"], "block_lambda_max": _block_top(h["blocks"])}
+
+
+VARIANTS = {"plain": {}, "residual": {"residual": True}, "batch norm": {"batch_norm": True}}
+
+
 @study("opt.skip-connections", SECTION,
        "connection skipping like in resnets is useful in order to propagate the gradients "
        "backward properly and reduce the interactions between parameters stopping them from "
        "exploding")
 def skip_connections(ctx, depth=None, activation="tanh"):
-    """Plain against residual deep MLPs at init: layer gradient norms and Hessian coupling.
+    """Plain against residual (and batch-normalised) deep MLPs at init, over depth.
 
-    ``coupling`` is ``||H - blockdiag(H)||_F / ||H||_F`` over layer blocks: the
-    share of the curvature that couples different layers' parameters.
+    The verdict compares plain and residual nets at the largest depth;
+    ``coupling`` is ``||H - blockdiag(H)||_F / ||H||_F`` over layer blocks,
+    the share of the curvature that couples different layers' parameters.
+    ``depth``: measure only this depth.
     """
     n, width = ctx.pick(150, 300, 1078), ctx.pick(6, 8, 16)
-    depth = depth or ctx.pick(4, 16, 32)
+    depths = (depth,) if depth else ctx.pick((2, 4), (2, 4, 16), (2, 4, 8, 16, 32))
     x, y = _digits_standardized(ctx, n)
     key = ctx.key("opt.skip-connections")
-    numbers = {}
-    for label, res in (("plain", False), ("residual", True)):
-        model, loss_fn = _mlp_loss((width,) * depth, activation, 10, "ce", residual=res)
-        params = _init(model, key, 64)
-        signal = np.asarray(_model_jit(_signal_norms, model)(params, x, y), np.float64).tolist()
-        h = _hessian_blocks(loss_fn, params, (x, y))
-        cond = _conditioning(h["values"])
-        numbers[label] = {"hidden_signal_norms": signal,
-                          "first_over_last_hidden": signal[0] / signal[-1],
-                          "coupling": h["coupling"], "lambda_max": cond["lambda_max"],
-                          "negative_mass": cond["negative_mass"], "spread": cond["spread"],
-                          "block_lambda_max": _block_top(h["blocks"])}
-    plain, res = numbers["plain"], numbers["residual"]
+    sweep = {label: {} for label in VARIANTS}
+    for d in depths:
+        for label, options in VARIANTS.items():
+            model, loss_fn = _mlp_loss((width,) * d, activation, 10, "ce", **options)
+            sweep[label][d] = _deep_net_numbers(model, loss_fn, _init(model, key, 64), x, y)
+    depth = depths[-1]
+    plain, res = sweep["plain"][depth], sweep["residual"][depth]
     ratio_p, ratio_r = plain["first_over_last_hidden"], res["first_over_last_hidden"]
     propagates = ratio_r >= 0.5 and ratio_r > ratio_p
     tame = (ratio_r <= 10 and res["coupling"] < plain["coupling"]
             and res["lambda_max"] <= 2 * plain["lambda_max"])
     verdict = HOLDS if propagates and tame else CAVEAT if propagates else FAILS
-    figure = _plot_skip(ctx, numbers, activation)
+    figure = _plot_skip(ctx, sweep, depth, activation)
     caveat = ""
     if verdict == CAVEAT:
         growth = [text for bad, text in (
@@ -1168,40 +1179,48 @@ def skip_connections(ctx, depth=None, activation="tanh"):
                   f"{ratio_p:.3g}).")
     return Finding(
         verdict=verdict,
-        summary=f"first/last hidden-layer ||dL/dh||: plain {ratio_p:.3g}, residual "
-                f"{ratio_r:.3g}; inter-layer Hessian coupling {plain['coupling']:.2f} -> "
-                f"{res['coupling']:.2f}; λmax {plain['lambda_max']:.3g} -> "
+        summary=f"depth {depth}: first/last hidden-layer ||dL/dh|| plain {ratio_p:.3g}, "
+                f"residual {ratio_r:.3g}; inter-layer Hessian coupling {plain['coupling']:.2f} "
+                f"-> {res['coupling']:.2f}; λmax {plain['lambda_max']:.3g} -> "
                 f"{res['lambda_max']:.3g}",
-        method=f"digits ({n} examples, standardised), {activation} MLPs 64-"
-               f"{'-'.join([str(width)] * depth)}-10, plain or with hidden layers 2..{depth} "
-               "as nn.residual (h + f(h)), LeCun init, no normalisation, softmax "
-               "cross-entropy; at init: the back-propagated signal ||dL/dh_l|| at each hidden "
-               "layer, and the exact Hessian (float64) with the Frobenius share of its "
-               "off-diagonal (inter-layer) blocks.",
-        numbers=numbers,
-        threshold="holds if the residual net's first/last hidden-layer signal ratio is >= 0.5 "
-                  "and above the plain net's (propagation), and it stays <= 10 with less "
-                  "inter-layer coupling and at most 2x the plain λmax (no explosion); caveat "
-                  "if only propagation; does not hold otherwise",
+        method=f"digits ({n} examples, standardised), {activation} MLPs with {list(depths)} "
+               f"hidden layers of width {width}: plain, with hidden layers 2..L as nn.residual "
+               "(h + f(h)), or with batch norm (training mode) before each activation; LeCun "
+               "init, softmax cross-entropy; at init: the back-propagated signal ||dL/dh_l|| "
+               "at each hidden layer, and the exact Hessian (float64): λmax, bulk spread "
+               "λmax/median|λ|, negative mass, and the Frobenius share of its off-diagonal "
+               "(inter-layer) blocks.",
+        numbers={"depths": list(depths), **{label: {str(d): v for d, v in per.items()}
+                                              for label, per in sweep.items()}},
+        threshold=f"at depth {depth}: holds if the residual net's first/last hidden-layer "
+                  "signal ratio is >= 0.5 and above the plain net's (propagation), and it stays "
+                  "<= 10 with less inter-layer coupling and at most 2x the plain λmax (no "
+                  "explosion); caveat if only propagation; does not hold otherwise (batch norm "
+                  "is reported, not judged)",
         caveat=caveat, figures=[figure])
 
 
-def _plot_skip(ctx, numbers, activation) -> str:
+def _plot_skip(ctx, sweep, depth, activation) -> str:
     import matplotlib.pyplot as plt
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    for label, v in numbers.items():
-        g = v["hidden_signal_norms"]
-        ax0.semilogy(range(1, len(g) + 1), g, "o-", label=label)
-        tops = list(v["block_lambda_max"].values())
-        ax1.semilogy(range(1, len(tops) + 1), np.maximum(tops, 1e-12), "o-",
-                     label=f"{label} (coupling {v['coupling']:.2f})")
-    ax0.set_xlabel("hidden layer")
-    ax0.set_ylabel("||dL/dh|| at init")
-    ax0.set_title(f"{activation} MLP", fontsize=9)
-    ax1.set_xlabel("layer")
-    ax1.set_ylabel("λmax of the layer's Hessian block")
-    for ax in (ax0, ax1):
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    for label, per in sweep.items():
+        g = per[depth]["hidden_signal_norms"]
+        axes[0].semilogy(range(1, len(g) + 1), g, "o-", ms=3, label=label)
+        depths = sorted(per)
+        for ax, metric in zip(axes[1:], ("spread", "lambda_max", "coupling")):
+            ax.plot(depths, [per[d][metric] for d in depths], "o-", label=label)
+    axes[0].set_xlabel(f"hidden layer (depth {depth})")
+    axes[0].set_ylabel("||dL/dh|| at init")
+    for ax, ylabel in zip(axes[1:], ("Hessian spread λmax/median|λ|", "Hessian λmax",
+                                     "inter-layer share of ||H||_F")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden layers")
+        ax.set_ylabel(ylabel)
+    for ax in axes[1:3]:
+        ax.set_yscale("log")
+    for ax in axes:
         ax.legend(fontsize=7)
+    axes[0].set_title(f"{activation} MLP, LeCun init", fontsize=9)
     fig.tight_layout()
     return ctx.save_figure(fig, "opt_skip_connections")
