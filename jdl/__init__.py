@@ -5,12 +5,12 @@ jit/vmap-batched attribution, built from the course notes in ``NOTES.md``.
 """
 
 from jdl import (
-    adversarial, attribution, backprop, data, hessian, losses, models, nn, parallel, regularize,
-    shapes, train)
+    adversarial, attribution, backprop, data, hessian, losses, metrics, models, nn, parallel,
+    regularize, shapes, train)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "adversarial", "attribution", "backprop", "data", "hessian", "losses",
-    "models", "nn", "parallel", "regularize", "shapes", "train",
+    "metrics", "models", "nn", "parallel", "regularize", "shapes", "train",
 ]

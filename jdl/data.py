@@ -202,6 +202,27 @@ def fit_whiten(x: jax.Array, method: str = "zca", eps: float = 1e-5) -> Transfor
     return Transform(mean, w)
 
 
+def fit_pca(x: jax.Array, components: int) -> Transform:
+    """Projection on the ``components`` principal directions of ``x`` (largest variance first).
+
+    Args:
+      x: training inputs ``(n, features)``.
+      components: ``k``, between 1 and ``features``.
+
+    Returns:
+      A :class:`Transform` with an orthonormal ``(features, k)`` matrix: ``(x -
+      mean) @ matrix`` are the principal-component scores (no whitening).
+    """
+    x = _check_2d("fit_pca", x)
+    if not isinstance(components, int) or not 1 <= components <= x.shape[1]:
+        raise ValueError(
+            f"fit_pca: expected 1 <= components <= {x.shape[1]}, got {components!r}")
+    x64 = np.asarray(x, np.float64)
+    mean = x64.mean(0)
+    _, _, vt = np.linalg.svd(x64 - mean, full_matrices=False)
+    return Transform(jnp.asarray(mean, x.dtype), jnp.asarray(vt[:components].T, x.dtype))
+
+
 def batch_indices(key: jax.Array, num_examples: int, batch_size: int,
                   drop_last: bool = True) -> jax.Array:
     """Minibatch indices from one random permutation (one epoch).

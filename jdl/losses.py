@@ -32,9 +32,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
-    "bayes_decision", "binary_cross_entropy", "denoising_loss", "expected_cost", "log_cosh",
-    "logloss", "mse", "reconstruction", "softmax_cross_entropy", "sparse_reconstruction",
-    "weight_restriction", "weighted",
+    "bayes_decision", "binary_cross_entropy", "denoising_loss", "expected_cost", "hinge",
+    "log_cosh", "logloss", "mae", "mse", "reconstruction", "softmax_cross_entropy",
+    "sparse_reconstruction", "weight_restriction", "weighted",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -143,6 +143,25 @@ def mse(y: ArrayLike, t: ArrayLike, *, reduction: str = "mean") -> jax.Array:
     return _reduce("mse", _per_example_mean(jnp.square(y - t)), reduction)
 
 
+def mae(y: ArrayLike, t: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    """Mean absolute error ``|y - t|`` (robust to outliers, gradient ``sign(y - t)``).
+
+    Args:
+      y: predictions of shape ``(batch, ...)``.
+      t: targets of the same shape.
+      reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over examples; each
+        example's value is the mean over its trailing axes.
+
+    Returns:
+      A scalar, or shape ``(batch,)`` for ``reduction="none"``.
+
+    Raises:
+      ValueError: if the shapes differ or there is no batch axis.
+    """
+    y, t = _pair("mae", y, t)
+    return _reduce("mae", _per_example_mean(jnp.abs(y - t)), reduction)
+
+
 # Taylor coefficients of log cosh z = sum_n c_n z^(2n), c_n = 2^(2n) (2^(2n) - 1) B_2n / (2n (2n)!).
 _LOG_COSH_TAYLOR = (1 / 2, -1 / 12, 1 / 45, -17 / 2520, 31 / 14175, -691 / 935550,
                     10922 / 42567525, -929569 / 10216206000, 3202291 / 97692469875,
@@ -233,6 +252,30 @@ def logloss(y: ArrayLike, t: ArrayLike, *, reduction: str = "mean") -> jax.Array
         raise ValueError(
             f"logloss: expected labels t in {{-1, +1}}, got values {np.unique(labels)[:10]}")
     return _reduce("logloss", _per_example_mean(jax.nn.softplus(-t * y)), reduction)
+
+
+def hinge(y: ArrayLike, t: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    """The hinge loss ``max(0, 1 - t y)`` for labels ``t`` in ``{-1, +1}`` (support vector machines).
+
+    Args:
+      y: real-valued scores of shape ``(batch, ...)`` (one per class for a
+        one-vs-rest multi-class hinge).
+      t: labels ``-1`` or ``+1`` of the same shape (checked when concrete).
+      reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over examples; each
+        example's value is the mean over its trailing axes.
+
+    Returns:
+      A scalar, or shape ``(batch,)`` for ``reduction="none"``.
+
+    Raises:
+      ValueError: if the shapes differ or a concrete label is not ``±1``.
+    """
+    y, t = _pair("hinge", y, t)
+    labels = _concrete(t)
+    if labels is not None and not np.all(np.abs(labels) == 1):
+        raise ValueError(
+            f"hinge: expected labels t in {{-1, +1}}, got values {np.unique(labels)[:10]}")
+    return _reduce("hinge", _per_example_mean(jax.nn.relu(1.0 - t * y)), reduction)
 
 
 def binary_cross_entropy(p_or_logit: ArrayLike, t: ArrayLike, *, from_logits: bool = False,

@@ -81,6 +81,18 @@ def test_zca_is_the_symmetric_whitening():
     np.testing.assert_allclose(w @ w, np.linalg.inv(cov), rtol=1e-8)
 
 
+def test_pca_projects_on_the_top_eigenvectors():
+    ds = data.load("wine", dtype=jnp.float64)
+    pca = data.fit_pca(ds.x_train, 3)
+    scores = pca(ds.x_train)
+    np.testing.assert_allclose(pca.matrix.T @ pca.matrix, np.eye(3), atol=1e-12)
+    cov = np.cov(np.asarray(ds.x_train).T, bias=True)
+    top = np.sort(np.linalg.eigvalsh(cov))[::-1][:3]
+    np.testing.assert_allclose(np.var(scores, axis=0), top, rtol=1e-9)
+    with pytest.raises(ValueError, match="fit_pca: expected 1 <= components <= 13"):
+        data.fit_pca(ds.x_train, 14)
+
+
 @pytest.mark.parametrize("n,b,drop_last", [(10, 3, True), (10, 3, False), (12, 4, True)])
 def test_batch_indices_is_a_permutation(n, b, drop_last):
     idx = np.asarray(jax.jit(data.batch_indices, static_argnums=(1, 2, 3))(

@@ -478,3 +478,16 @@ def test_finite_difference_gradients(name):
     order = 1 if name in ("sparse_reconstruction", "denoising") else 2  # relu kinks
     check_grads(jax.jit(fn), args, order=order, modes=("fwd", "rev"), eps=1e-6, atol=1e-6,
                 rtol=1e-6)
+
+
+def test_hinge_and_mae_known_values_and_gradients():
+    y = jnp.array([[2.0, -0.5], [0.3, 1.0]])
+    t = jnp.array([[1.0, -1.0], [-1.0, 1.0]])
+    # margins t*y: 2, 0.5, -0.3, 1 -> hinge 0, 0.5, 1.3, 0 -> per-example means 0.25, 0.65
+    np.testing.assert_allclose(losses.hinge(y, t, reduction="none"), [0.25, 0.65])
+    np.testing.assert_allclose(losses.mae(y, jnp.zeros_like(y), reduction="none"), [1.25, 0.65])
+    g = jax.grad(lambda y: losses.hinge(y, t, reduction="sum"))(y)
+    np.testing.assert_allclose(g, jnp.where(t * y < 1, -t / 2, 0.0))
+    check_grads(lambda y: losses.mae(y, jnp.zeros_like(y)), (y,), order=1, modes=["rev"])
+    with pytest.raises(ValueError, match="hinge: expected labels"):
+        losses.hinge(y, jnp.zeros_like(y))

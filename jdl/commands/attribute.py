@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from jdl import attribution, data, losses, nn
+from jdl import attribution, data, losses, metrics, nn
 from jdl import train as jt
 
 
@@ -63,8 +63,7 @@ def _train(model, x, y, *, epochs, key, lr=1e-2):
 
 
 def _accuracy(model, params, x, y) -> float:
-    logits, _ = model.apply(params, x)
-    return float(jnp.mean(jnp.argmax(logits, 1) == y))
+    return float(metrics.accuracy(model.apply(params, x)[0], y))
 
 
 def _log_odds(model, params, rows):

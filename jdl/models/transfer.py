@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jdl import data as jdata
-from jdl import nn
+from jdl import metrics, nn
 from jdl.train.loop import fit
 
 __all__ = [
@@ -245,7 +245,7 @@ def _classifier(hidden: Sequence[int], classes: int) -> nn.Layer:
 
 
 def _accuracy(model, params, x, y) -> float:
-    return float(jnp.mean(jnp.argmax(model.apply(params, x)[0], -1) == y))
+    return float(metrics.accuracy(model.apply(params, x)[0], y))
 
 
 def digits_transfer(*, key: jax.Array, source_classes: Sequence[int] = (0, 1, 2, 3, 4),

@@ -1,7 +1,7 @@
 """Studies: each claim of the notes as an experiment with a computed verdict.
 
-Every module of this package other than the framework (``registry``,
-``runner``, ``report``) holds the studies of one section of the notes and is
+Every module of this package other than the framework (``common``,
+``registry``, ``runner``, ``report``) holds the studies of one section of the notes and is
 imported by :func:`load_all`, which fills :data:`registry.REGISTRY`.
 """
 
@@ -11,7 +11,7 @@ import pkgutil
 from jdl.studies.registry import (
     CAVEAT, ERROR, FAILS, HOLDS, REGISTRY, UNTESTABLE, VERDICTS, Context, Finding, Study, study)
 
-_FRAMEWORK = {"registry", "runner", "report"}
+_FRAMEWORK = {"common", "registry", "runner", "report"}
 # The notes' order; a section module not named here is imported after these.
 SECTION_ORDER = ("backprop", "optimization", "conditioning", "statistics", "adam",
                  "regularization", "losses", "cnn", "rnn", "autoencoders", "xai")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl import backprop, data, losses, nn, shapes
+from jdl import backprop, data, losses, metrics, nn, shapes
 from jdl import train as jt
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Finding, study
 
@@ -41,10 +41,6 @@ def _shift(x, dy: int, dx: int):
     return jnp.roll(x, (dy, dx), axis=(1, 2))
 
 
-def _accuracy(logits, labels):
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
 def _classifier_loss(model):
     def loss(params, batch):
         x, y = batch
@@ -55,7 +51,7 @@ def _classifier_loss(model):
 def _accuracy_metric(model):
     def metric(params, batch):
         x, y = batch
-        return _accuracy(model.apply(params, x)[0], y)
+        return metrics.accuracy(model.apply(params, x)[0], y)
     return metric
 
 
@@ -455,7 +451,8 @@ def attention_scaling(ctx, unit_norm=False):
         "With queries and keys of unit length the raw dot products stay in [-1, 1] and do not "
         "explode; the 1/sqrt(d) is needed when their components have unit variance, so q.k "
         "grows like sqrt(d)." if verdict == CAVEAT else
-        "the scaled weights saturate as well")
+        "the scaled weights saturate as well",
+        figures=[figure])
 
 
 def _mask_measurements(model, params, x, replacement):
@@ -1089,7 +1086,7 @@ def pooling_invariance(ctx, pool="max pool 2x2", train_classifiers=True):
         _, mp, _ = model.init(key, x_tr.shape, jnp.float32)
         trained = jt.fit(_classifier_loss(model), mp, jt.adam(0.01), (x_tr, ds.y_train),
                          epochs=epochs, batch_size=64, key=key, quiet=True).params
-        accuracy[name] = [float(_accuracy(model.apply(trained, _shift(x_te, s, s))[0],
+        accuracy[name] = [float(metrics.accuracy(model.apply(trained, _shift(x_te, s, s))[0],
                                           ds.y_test)) for s in shifts]
     judged = change[pool]
     helps = judged[0] < 0.8 * change["no pooling"][0]
@@ -1134,4 +1131,5 @@ def pooling_invariance(ctx, pool="max pool 2x2", train_classifiers=True):
         "partly; beyond that the pooled map shifts too (the conv layers are equivariant). "
         "Only pooling over all positions (global pooling) makes the features invariant -- "
         "and then the model has no notion of where things are." if verdict == CAVEAT else
-        "pooling does not reduce the effect of shifts here")
+        "pooling does not reduce the effect of shifts here",
+        figures=[figure])

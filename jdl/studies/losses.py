@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl import data, losses, nn
+from jdl import data, losses, metrics, nn
 from jdl import train as jt
-from jdl.studies.adam import _jit, _step_indices  # fast-compiling jit, minibatch indices
+from jdl.studies.common import fast_jit, step_indices
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Finding, study
 
 SECTION = "Loss Functions"
@@ -76,26 +76,6 @@ def _flip_labels(rng: np.random.Generator, labels, num_classes: int, rate: float
     return np.where(flip, other, labels).astype(labels.dtype), flip
 
 
-def _hinge(y, t):
-    """Hinge loss ``max(0, 1 - t y)`` summed over outputs, mean over examples (not in jdl)."""
-    return jnp.mean(jnp.sum(jnp.maximum(0.0, 1.0 - t * y), axis=-1))
-
-
-def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15):
-    """Expected calibration error of the top-class confidence, and the reliability curve."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    correct = (pred == labels).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece, curve = 0.0, []
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-            curve.append((float(conf[sel].mean()), float(correct[sel].mean()), int(sel.sum())))
-    return float(ece), curve
-
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -123,7 +103,7 @@ def logloss_is_cross_entropy(ctx, scores="logits"):
     x_all = np.concatenate([ds.x_train, ds.x_val, ds.x_test])
     labels = np.concatenate([ds.y_train, ds.y_val, ds.y_test, np.arange(81) % 2]).astype(float)
 
-    @_jit
+    @fast_jit
     def measure(x, t_train, x_all, labels, key):
         p0 = model.init(key, (-1, x.shape[1]), x.dtype)[1]
 
@@ -310,12 +290,12 @@ def _classifier_runner(hidden: int, num_classes: int, steps: int, seeds: int, ch
         if binary:
             t = (2 * labels - 1).astype(outputs.dtype)[:, None]
             branches = [lambda: losses.logloss(outputs, t), lambda: losses.mse(outputs, t),
-                        lambda: _hinge(outputs, t)]
+                        lambda: losses.hinge(outputs, t) * outputs.shape[-1]]
         else:
             onehot = jax.nn.one_hot(labels, num_classes, dtype=outputs.dtype)
             branches = [lambda: losses.softmax_cross_entropy(outputs, labels),
                         lambda: losses.mse(outputs, onehot),
-                        lambda: _hinge(outputs, 2 * onehot - 1)]
+                        lambda: losses.hinge(outputs, 2 * onehot - 1) * outputs.shape[-1]]
         return jax.lax.switch(i, branches)
 
     def accuracy(p, x, y):
@@ -323,9 +303,9 @@ def _classifier_runner(hidden: int, num_classes: int, steps: int, seeds: int, ch
         pred = (out[:, 0] > 0).astype(y.dtype) if binary else jnp.argmax(out, -1)
         return jnp.mean(pred == y)
 
-    @_jit
+    @fast_jit
     def run(x, y, x_val, y_val, x_test, y_test, key):
-        idx = _step_indices(jax.random.fold_in(key, 1), x.shape[0], 64, steps)
+        idx = step_indices(jax.random.fold_in(key, 1), x.shape[0], 64, steps)
         idx = idx[: steps // checkpoints * checkpoints].reshape(checkpoints, -1, idx.shape[1])
         keys = jax.random.split(jax.random.fold_in(key, 2), seeds)
         tx = jt.adam(1e-2)
@@ -365,14 +345,14 @@ def softmax_cross_entropy(ctx, temperature=1.0):
     model = _mlp(32, 10)
     steps = ctx.pick(150, 400, 1500)
 
-    @_jit
+    @fast_jit
     def measure(x, y, x_test, labels, key):
         p0 = model.init(key, (-1, 64), jnp.float32)[1]
 
         def loss(p, batch):
             return losses.softmax_cross_entropy(model.apply(p, x[batch])[0], y[batch])
 
-        params = _adam_run(loss, p0, _step_indices(jax.random.fold_in(key, 1), x.shape[0], 64,
+        params = _adam_run(loss, p0, step_indices(jax.random.fold_in(key, 1), x.shape[0], 64,
                                                    steps), 1e-2)
         logits = model.apply(params, x_test)[0].astype(jnp.float64) / temperature
         probs = nn.softmax(logits)
@@ -394,7 +374,8 @@ def softmax_cross_entropy(ctx, temperature=1.0):
     probs, errors = measure(ds.x_train, ds.y_train, ds.x_test, ds.y_test, key)
     probs, labels = np.asarray(probs), np.asarray(ds.y_test)
     errors = {k: float(v) for k, v in errors.items()}
-    ece, curve = _ece(probs, labels)
+    ece, curve = metrics.expected_calibration_error(probs, labels)
+    ece, curve = float(ece), [tuple(row) for row in np.asarray(curve).tolist() if row[2] > 0]
     accuracy = float(np.mean(probs.argmax(-1) == labels))
     identities_ok = max(errors.values()) < 1e-9
     calibrated = ece < 0.05
@@ -455,7 +436,7 @@ def log_cosh_robust(ctx, beta=1.0, outlier_fraction=0.1, betas=(0.1, 0.3, 1.0, 3
     sweep = sorted(set(betas) | {beta})
     configs = [("MSE", 0, 1.0), ("MAE", 1, 1.0)] + [(f"log-cosh beta={b}", 2, b) for b in sweep]
 
-    @_jit
+    @fast_jit
     def fit(kinds, bs, targets, x, x_test, key):
         p0 = model.init(key, (-1, x.shape[1]), x.dtype)[1]
         idx = _full_batches(x.shape[0], steps)
@@ -563,7 +544,7 @@ def expected_cost_decisions(ctx, cost_matrix=MISS_COSTLY, splits=None, steps=Non
     model = nn.dense(2)
     steps = steps or ctx.pick(100, 200, 400)
 
-    @_jit
+    @fast_jit
     def decide(x, y, x_test, cost, key):
         p0 = model.init(key, (-1, x.shape[-1]), x.dtype)[1]
         idx = _full_batches(x.shape[1], steps)
@@ -639,9 +620,9 @@ def label_quality(ctx, noise=0.6, weights=(1.0, 0.5, 0.2, 0.0)):
     steps, seeds = ctx.pick(150, 300, 1000), ctx.pick(4, 4, 8)
     probe, probe_weights = rng.random(n), np.asarray([1.0, 0.3])
 
-    @_jit
+    @fast_jit
     def fit(w_noisy, x, y, source, x_eval, probe, probe_weights, key):
-        idx = _step_indices(jax.random.fold_in(key, 1), x.shape[0], 64, steps)
+        idx = step_indices(jax.random.fold_in(key, 1), x.shape[0], 64, steps)
 
         def one(w, k):
             p0 = model.init(k, (-1, 64), jnp.float32)[1]
@@ -762,7 +743,7 @@ def reparam_gradient(ctx, sigma_path=True):
            "the estimator or the rule is wrong."))
 
 
-@_jit(static_argnames=("samples", "big", "sigma_path"))
+@fast_jit(static_argnames=("samples", "big", "sigma_path"))
 def _reparam_measure(x, t, key, samples, big, sigma_path):
     """The numbers of :func:`reparam_gradient`, in one compiled program."""
     d = x.shape[1]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl import data, losses, nn
+from jdl import data, losses, metrics, nn
 from jdl import train as jt
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE, Finding, study
 
@@ -50,10 +50,6 @@ def _standardized(name: str, key, dtype=F32):
     ds = data.load(name, key=key, dtype=dtype)
     scale = data.fit_standardize(ds.x_train, eps=0.1 if name == "digits" else 1e-8)
     return ds, scale(ds.x_train), scale(ds.x_val), scale(ds.x_test)
-
-
-def _accuracy(logits, labels) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def _compile(fn: Callable, *args, level: int = 0) -> Callable:
@@ -239,7 +235,7 @@ def symmetry(ctx, dropout=0.0, hidden=32):
     def final(params, config, test, start):
         x, y = test
         h = nn.activations.tanh(x @ params[first]["w"] + params[first]["b"])
-        return {"accuracy": _accuracy(model.apply(params, x)[0], y), "hidden": h,
+        return {"accuracy": metrics.accuracy(model.apply(params, x)[0], y), "hidden": h,
                 "spread": _unit_spread(params[first]["w"][None])[0],
                 "spread_init": _unit_spread(start[first]["w"][None])[0]}
 
@@ -423,7 +419,7 @@ def init_scale(ctx, activation="tanh", scales=None):
         return {"saturation_init": _hidden_saturation(model, start, x, activation),
                 "saturation_final": _hidden_saturation(model, params, x, activation),
                 "first_layer_grad_init": jnp.linalg.norm(grad0[hidden[0]]["w"]),
-                "test_accuracy": _accuracy(model.apply(params, x_test)[0], y_test)}
+                "test_accuracy": metrics.accuracy(model.apply(params, x_test)[0], y_test)}
 
     lanes = len(scales) * seeds
     scale_lane = jnp.repeat(jnp.asarray(scales, F32), seeds)
@@ -522,8 +518,8 @@ def _width_sweep(mode: str, seed: int, dataset: str, widths: tuple[int, ...], se
         p = masked(params, config["width"])
         logits = model.apply(p, x)[0]
         return {"train_loss": losses.softmax_cross_entropy(logits, y),
-                "train_accuracy": _accuracy(logits, y),
-                "test_accuracy": _accuracy(model.apply(p, xt)[0], yt)}
+                "train_accuracy": metrics.accuracy(logits, y),
+                "test_accuracy": metrics.accuracy(model.apply(p, xt)[0], yt)}
 
     width_lane = jnp.repeat(jnp.asarray(widths), seeds)
     _, _, out = _train_lanes(
@@ -657,7 +653,7 @@ def depth_resnet(ctx, depths=None, activation="tanh", width=32, lr=0.05):
         (x, y), (xt, yt) = ev
         g = jax.grad(lambda p: loss(p, config, (x, y), None))(start)
         return {"train_loss": loss(params, config, (x, y), None),
-                "test_accuracy": _accuracy(forward(params, config, xt), yt),
+                "test_accuracy": metrics.accuracy(forward(params, config, xt), yt),
                 "stem_grad_init": jnp.linalg.norm(g["stem"]["0_dense"]["w"])}
 
     depth_lane = jnp.tile(jnp.asarray(depths), 2)
@@ -1503,7 +1499,7 @@ def batch_regularise(ctx, sizes=(8, 32, 128, 512), lr=0.05, label_noise=0.0):
         logits = model.apply(params, xt)[0]
         return {"train": _ce_loss(model)(params, None, (x, y), None),
                 "test": losses.softmax_cross_entropy(logits, yt),
-                "test_accuracy": _accuracy(logits, yt)}
+                "test_accuracy": metrics.accuracy(logits, yt)}
 
     epochs = ctx.pick(10, 60, 150)
     lanes = len(sizes)
@@ -1981,7 +1977,7 @@ def bottleneck(ctx, dataset="digits", widths=None, outer=64):
         (x, y), (xt, yt) = ev
         p = masked(params, config["width"])
         return {"train_loss": loss(params, config, (x, y), None),
-                "test_accuracy": _accuracy(model.apply(p, xt)[0], yt)}
+                "test_accuracy": metrics.accuracy(model.apply(p, xt)[0], yt)}
 
     seeds = ctx.pick(1, 1, 4)
     epochs = ctx.pick(10, 20, 40)
@@ -2063,7 +2059,7 @@ def local_connectivity(ctx, channels=4, radius=1):
 
     def final(params, config, ev, start):
         xt, yt = ev
-        return {"test_accuracy": _accuracy(model.apply(masked(params, config), xt)[0], yt)}
+        return {"test_accuracy": metrics.accuracy(model.apply(masked(params, config), xt)[0], yt)}
 
     def init(k, config):  # LeCun for the inputs each unit actually sees
         params = model.init(k, (-1, 64), F32)[1]
@@ -2186,7 +2182,7 @@ def random_batches(ctx, batch_size=32):
 
     def final(params, config, ev, start):
         xt, yt = ev
-        return {"test_accuracy": _accuracy(model.apply(params, xt)[0], yt),
+        return {"test_accuracy": metrics.accuracy(model.apply(params, xt)[0], yt),
                 "train_loss": plain_loss(params, (config["x"], config["y"]))}
 
     seeds = ctx.pick(1, 2, 4)

@@ -31,16 +31,14 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jdl import adversarial, data, losses, models, nn, regularize
+from jdl import adversarial, data, losses, metrics, models, nn, regularize
 from jdl import train as jt
+from jdl.studies.common import fast_jit
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Finding, study
 
 SECTION = "Regularization"
 F32 = jnp.float32
 EXACT = 1e-10  # relative error of an identity checked in float64
-# The studies are compile-bound (small models, short runs): XLA's backend optimisation level 0
-# compiles their helper programs (initialisation, evaluation) several times faster.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 # --- shared helpers ------------------------------------------------------------------------------
@@ -64,7 +62,7 @@ def _mlp(hidden: tuple[int, ...], outputs: int = 10, dropout: float = 0.0) -> nn
 
 def _init_stack(model: nn.Layer, keys: jax.Array, features: int) -> Any:
     """Params of ``model`` for each key, stacked along a leading lane axis."""
-    return _jit(jax.vmap(lambda k: model.init(k, (-1, features), F32)[1]))(keys)
+    return fast_jit(jax.vmap(lambda k: model.init(k, (-1, features), F32)[1]))(keys)
 
 
 def _lane(tree: Any, i: int) -> Any:
@@ -99,17 +97,13 @@ def _summed(lane_loss: Callable, in_axes: Any = None) -> Callable:
     return loss
 
 
-def _accuracy(logits, y) -> float:
-    return float(jnp.mean(jnp.argmax(logits, -1) == y))
-
-
 def _scorer(model: nn.Layer) -> Callable:
     """A jitted ``score(params, x, y) -> (accuracies, losses)``, each ``(lanes,)``.
 
     ``params`` are lane-stacked; the losses are mean cross-entropies.
     """
 
-    @_jit
+    @fast_jit
     def score(params, x, y):
         logits = jax.vmap(lambda p: model.apply(p, x)[0])(params)
         return (jnp.mean(jnp.argmax(logits, -1) == y, -1),
@@ -134,18 +128,6 @@ def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, title=Non
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return ctx.save_figure(fig, name)
-
-
-def _pca(x: jax.Array, components: int) -> data.Transform:
-    """Projection on the ``components`` principal directions of largest variance of ``x``.
-
-    From ``data.fit_whiten(method="pca")``, whose columns are the covariance
-    eigenvectors (ascending eigenvalues) scaled by ``1/sqrt(eigenvalue)``:
-    the last ``components`` columns, scaled back to unit length (no whitening).
-    """
-    whiten = data.fit_whiten(x, method="pca")
-    top = whiten.matrix[:, -components:]
-    return data.Transform(whiten.mean, top / jnp.linalg.norm(top, axis=0))
 
 
 def _verdict(main_ok: bool, all_ok: bool) -> str:
@@ -177,7 +159,7 @@ def _bias_program(penalty_rate: float, target_class: int, width: int = 32) -> di
         xs, labels = batch
         return sum(_summed(parts[n])(params[n], (xs[n], labels)) for n in parts)
 
-    @_jit
+    @fast_jit
     def evaluate(params, x_te, y_te, others, key):
         # kill the hidden units that respond most to the patch (the baseline model's) by
         # zeroing their output weights
@@ -209,7 +191,7 @@ def _bias_program(penalty_rate: float, target_class: int, width: int = 32) -> di
         return out
 
     return {"mask": mask, "model": model, "loss": loss, "optimizer": optax.adam(0.01),
-            "init": _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1])),
+            "init": fast_jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1])),
             "evaluate": evaluate, "kill": kill, "width": width}
 
 
@@ -311,7 +293,7 @@ def _finite_program(num_sizes: int, members: int) -> dict:
             lg, y, reduction="none"))(logits)
         return jnp.sum(per_example * w.T)
 
-    @_jit
+    @fast_jit
     def evaluate(params, x_train, y_train, weights, x_test, y_test):
         probs = jax.vmap(lambda p: jax.nn.softmax(model.apply(p, x_test)[0]))(params)
         test_err = 1 - jnp.mean(jnp.argmax(probs, -1) == y_test, -1)
@@ -324,7 +306,7 @@ def _finite_program(num_sizes: int, members: int) -> dict:
         return test_err, train_err, mi, ens_err
 
     return {"loss": loss, "optimizer": optax.adam(0.01), "evaluate": evaluate,
-            "init": _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))}
+            "init": fast_jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))}
 
 
 @study("reg.finite-data", SECTION,
@@ -415,7 +397,7 @@ def _ensemble(seed: int, members: int, epochs: int) -> tuple[nn.Layer, models.En
     """A deep ensemble of digits MLPs 64-32-10 (``models.fit_ensemble``, Adam 0.01, batch 64)."""
     ds = _digits(seed)
     model = _mlp((32,))
-    init = _jit(lambda k: model.init(k, (-1, 64), F32)[1])
+    init = fast_jit(lambda k: model.init(k, (-1, 64), F32)[1])
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 11), members)
     return model, models.fit_ensemble(_ce(model), init, optax.adam(0.01),
                                       (ds.x_train, ds.y_train), keys=keys, epochs=epochs,
@@ -437,7 +419,7 @@ def shift_uncertainty(ctx, shifts=("sensor_noise", "inverted", "rotated_90", "un
     model, ensemble = _ensemble(ctx.seed, members, ctx.pick(8, 15, 30))
     apply = _logits(model)
 
-    @_jit
+    @fast_jit
     def scores(x):
         u = models.uncertainty(models.member_probabilities(apply, ensemble.params, x))
         single = models.entropy(jax.nn.softmax(apply(_lane(ensemble.params, 0), x)))
@@ -522,13 +504,13 @@ def _critic_program(scale: float) -> dict:
         f, t = batch
         return losses.binary_cross_entropy(probe.apply(p, f)[0][:, 0], t, from_logits=True)
 
-    @_jit
+    @fast_jit
     def features(params, x):
         """``(arms * seeds, examples, 32)``, arm-major."""
         return jnp.concatenate([jax.vmap(lambda p: extract.apply(p["features"], x)[0])(
             params[n]) for n in DANN_ARMS])
 
-    @_jit
+    @fast_jit
     def evaluate(params, probes, x_test, y_test, x_target_test):
         out = {}
         for a, name in enumerate(DANN_ARMS):
@@ -550,9 +532,9 @@ def _critic_program(scale: float) -> dict:
         return out
 
     return {"loss": loss, "optimizer": optax.adam(0.005), "features": features,
-            "init": _jit(jax.vmap(lambda k: arms["plain"].init(k, (-1, 64), F32)[1])),
+            "init": fast_jit(jax.vmap(lambda k: arms["plain"].init(k, (-1, 64), F32)[1])),
             "probe_loss": _summed(probe_loss, in_axes=(1, None)),
-            "probe_init": _jit(jax.vmap(lambda k: probe.init(k, (-1, 32), F32)[1])),
+            "probe_init": fast_jit(jax.vmap(lambda k: probe.init(k, (-1, 32), F32)[1])),
             "probe_optimizer": optax.adam(0.05), "evaluate": evaluate}
 
 
@@ -650,7 +632,7 @@ def feature_extractor(ctx, components=(8, 16, 32), n_train=None, fit_on="all_inp
     x_tr, y_tr = ds.x_train[:n_train], ds.y_train[:n_train]
     inputs = {"pixels": (x_tr, ds.x_test)}
     for k in tuple(components) + (64,):
-        project = _pca(ds.x_train if fit_on == "all_inputs" else x_tr, k)
+        project = data.fit_pca(ds.x_train if fit_on == "all_inputs" else x_tr, k)
         inputs[f"pca_{k}"] = (project(x_tr), project(ds.x_test))
     model = _mlp((64,))
     ce = _ce(model)
@@ -727,7 +709,7 @@ def _sweep_program(features: int) -> dict:
             params, config["rates"], config["masks"], batch)
         return jnp.sum(lanes), config
 
-    @_jit
+    @fast_jit
     def evaluate(params, masks, x, y):
         logits = jax.vmap(lambda p, m: model.apply(p, x * m)[0])(params, masks)
         acc = jnp.mean(jnp.argmax(logits, -1) == y[None], -1)
@@ -735,7 +717,7 @@ def _sweep_program(features: int) -> dict:
 
     return {"model": model, "loss": jt.StatefulLoss(loss),
             "optimizer": optax.sgd(0.1, momentum=0.9), "evaluate": evaluate,
-            "init": _jit(jax.vmap(lambda k: model.init(k, (-1, features), F32)[1]))}
+            "init": fast_jit(jax.vmap(lambda k: model.init(k, (-1, features), F32)[1]))}
 
 
 @functools.lru_cache(maxsize=8)
@@ -857,7 +839,7 @@ def _early_program(hidden: tuple[int, ...], lr: float) -> tuple:
     """``(model, loss, optimizer, init, score)`` of the early-stopping study, built once."""
     model = _mlp(hidden)
     return (model, _ce(model), optax.adam(lr),
-            _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1])), _scorer(model))
+            fast_jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1])), _scorer(model))
 
 
 @study("reg.early-stopping", SECTION,
@@ -1007,7 +989,7 @@ def weight_norm_bound(ctx, norms=("spectral", "frobenius")):
         jac = jax.vmap(jax.jacrev(f))(x)
         return jnp.linalg.norm(jac, ord=2, axis=(-2, -1))
 
-    largest = _jit(lambda p: jax.vmap(jacobian_norms)(p, masks).max(-1))
+    largest = fast_jit(lambda p: jax.vmap(jacobian_norms)(p, masks).max(-1))
     measured = np.asarray(largest(params))
     lanes = len(measured)
 
@@ -1077,7 +1059,7 @@ def decay_gradient_descent(ctx, weights="initial", rate=0.1, lr=0.5):
     ce = _ce(model)
     penalised = regularize.add_penalty(ce, lambda p: regularize.l2_penalty(p, rate))
 
-    @_jit
+    @fast_jit
     def measure(params, batch):
         flat = ravel_pytree(params)[0]
 
@@ -1257,7 +1239,7 @@ def _transfer_target(name: str, x: jax.Array, y: jax.Array, shots: int | None, r
                                for c in range(len(classes))])
         xs, ys = xs[keep], ys[keep]
     if name == "rotated_30":  # the same digits seen by a tilted sensor
-        xs = _jit(lambda a: models.rotate(a.reshape(-1, 8, 8, 1), jnp.pi / 6).reshape(a.shape))(xs)
+        xs = fast_jit(lambda a: models.rotate(a.reshape(-1, 8, 8, 1), jnp.pi / 6).reshape(a.shape))(xs)
     elif name == "inverted":
         xs = 1.0 - xs
     return xs, ys
@@ -1279,7 +1261,7 @@ def _transfer_program(num_targets: int, seeds: int) -> dict:
     model = nn.serial(body, nn.dense(5))
     ce = _ce(model)
     per_lane = _summed(ce, in_axes=(1, 1))
-    init = _jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))
+    init = fast_jit(jax.vmap(lambda k: model.init(k, (-1, 64), F32)[1]))
     template = {v: jax.eval_shape(init, jax.random.split(jax.random.key(0), 2))
                 for v in TRANSFER_VARIANTS}
 
@@ -1328,7 +1310,7 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
                         quiet=True).params
     pretrained = jax.tree.map(lambda a: a[0], pretrained)
     x_st, y_st = models.select_classes(ds.x_test, ds.y_test, (0, 1, 2, 3, 4))
-    source_accuracy = _accuracy(model.apply(pretrained, x_st)[0], y_st)
+    source_accuracy = float(metrics.accuracy(model.apply(pretrained, x_st)[0], y_st))
 
     rng = np.random.default_rng(ctx.seed)
     train = [_transfer_target(t, ds.x_train, ds.y_train, shots, rng) for t in targets]
@@ -1420,7 +1402,7 @@ def _robust_models(seed: int, epochs: int, seeds: int, train_epsilon: float = 0.
     ds = _digits(seed)
     key = jax.random.fold_in(jax.random.key(seed), 31)
     model = _mlp((64,))
-    project = _pca(ds.x_train, components)
+    project = data.fit_pca(ds.x_train, components)
     ce = _ce(model)
     logits = _logits(model)  # one function object: the attacks compile once for all four
     apply = {name: logits for name in ROBUST_VARIANTS[:-1]}
@@ -1497,7 +1479,7 @@ def local_variation(ctx, epsilons=(0.05, 0.1)):
     trained = _robust_models(**_robust_settings(ctx))
     logits, x = trained["apply"]["plain"], trained["x"]
 
-    @_jit
+    @fast_jit
     def jacobian_norms(params):
         jac = jax.vmap(jax.jacrev(lambda xi: logits(params, xi[None])[0]))(x)
         return jnp.linalg.norm(jac, ord=2, axis=(-2, -1))

@@ -35,7 +35,7 @@ import optax
 from jax.tree_util import Partial
 
 from jdl import attribution as at
-from jdl import data, losses, nn
+from jdl import data, losses, metrics, nn
 from jdl import train as jt
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context, Finding, study
 
@@ -60,7 +60,7 @@ def _cnn_loss(params, batch):
 
 
 def _accuracy(model, params, x, y) -> float:
-    return float(jnp.mean(jnp.argmax(model.apply(params, x)[0], 1) == y))
+    return float(metrics.accuracy(model.apply(params, x)[0], y))
 
 
 @functools.lru_cache(maxsize=4)

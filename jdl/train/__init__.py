@@ -24,6 +24,7 @@ __all__ = [
     "ScaleByAdamUncorrectedState", "Schedule", "StatefulLoss", "Summability", "TrainState",
     "adagrad", "adam", "adamw", "checkpoint_path", "constant", "cosine", "exponential", "fit",
     "fit_restarts", "heavy_ball", "load_checkpoint", "model_loss", "model_metric", "nesterov",
-    "rmsprop", "robbins_monro", "robbins_monro_conditions", "save_checkpoint", "sgd",
+    "rmsprop", "robbins_monro", "robbins_monro_conditions", "save_checkpoint",
+    "scale_by_adam_uncorrected", "sgd",
     "split_restart_key", "step_decay", "train_step", "warmup",
 ]
