@@ -73,7 +73,8 @@ def test_ill_conditioned_lr_network_run(ctx):
     finding = _check(cond.ill_conditioned_lr(ctx), ctx)
     net = finding.numbers["network"]
     assert net["lambda_max_init"] > 0
-    run = net["runs"][2.0]
+    run = net["runs"]["2.0"]
+    assert "sharpness" not in run  # traces go to the figure, not the report's table
     # The catapult: trained above its initial limit, the sharpness fell to about 2 / lr.
     assert finding.verdict == CAVEAT and not run["diverged"]
     assert run["final_sharpness_over_limit"] < 1.5 and run["loss_ratio"] < 1

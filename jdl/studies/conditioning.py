@@ -264,8 +264,8 @@ def _catapult(ctx, hidden: int, n: int, steps: int, factors: tuple[float, ...]) 
         except ValueError:
             runs[factor] = {"lr": lr, "diverged": True}
             continue
-        runs[factor] = {"lr": lr, "diverged": False, "steps": at.tolist(),
-                        "sharpness": sharp.tolist(), "losses": loss_path[::every].tolist(),
+        runs[factor] = {"lr": lr, "diverged": False, "steps": at, "sharpness": sharp,
+                        "sharpness_max": float(sharp.max()), "sharpness_final": float(sharp[-1]),
                         "final_sharpness_over_limit": float(sharp[-1] * lr / 2.0),
                         "loss_ratio": float(loss_path[-1] / loss_path[0])}
     return {"lambda_max_init": lam0, "n": int(x.shape[0]), "hidden": hidden, "steps": steps,
@@ -371,8 +371,10 @@ def ill_conditioned_lr(ctx, dataset="diabetes", preprocess="raw",
         verdict = HOLDS
     else:
         verdict = CAVEAT
-    if net is not None:
-        numbers["network"] = net
+    if net is not None:  # the sharpness traces are in the figure
+        numbers["network"] = net | {"runs": {
+            str(f): {k: v for k, v in run.items() if k not in ("steps", "sharpness")}
+            for f, run in net["runs"].items()}}
     caveat = ""
     if verdict == FAILS:
         caveat = "Gradient descent did not switch from converging to diverging at 2/λmax here."
@@ -1073,8 +1075,8 @@ def batchnorm(ctx, gains=(1.0, 2.0), activation="relu"):
         verdict=verdict,
         summary=f"hidden-variance spread across layers: plain {spreads}; batch norm "
                 f"{max(bn['variance_spread'] for _, bn in pairs):.3g}x; Hessian spread "
-                "λmax/median|λ| " + ", ".join(f"{plain['spread']:.3g} -> {bn['spread']:.3g}"
-                                              for plain, bn in pairs),
+                "(λmax / median abs λ) "
+                + ", ".join(f"{plain['spread']:.3g} -> {bn['spread']:.3g}" for plain, bn in pairs),
         method=f"digits ({n} examples, standardised, i.e. centred inputs), {activation} MLPs "
                f"64-{'-'.join([str(width)] * depth)}-10 with kernels gain x LeCun normal, gains "
                f"{list(gains)}, with or without batch norm between each dense layer and its "
@@ -1179,7 +1181,7 @@ def skip_connections(ctx, depth=None, activation="tanh"):
                   f"{ratio_p:.3g}).")
     return Finding(
         verdict=verdict,
-        summary=f"depth {depth}: first/last hidden-layer ||dL/dh|| plain {ratio_p:.3g}, "
+        summary=f"depth {depth}: first/last hidden-layer norm of dL/dh plain {ratio_p:.3g}, "
                 f"residual {ratio_r:.3g}; inter-layer Hessian coupling {plain['coupling']:.2f} "
                 f"-> {res['coupling']:.2f}; λmax {plain['lambda_max']:.3g} -> "
                 f"{res['lambda_max']:.3g}",
