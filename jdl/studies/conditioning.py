@@ -281,7 +281,7 @@ def _plot_lr_limit(ctx, problems: dict, net: dict | None) -> str:
         for factor, curve in zip(prob["factors"], prob["excess"]):
             curve = np.asarray(curve, np.float64)
             curve = np.where(np.isfinite(curve), curve, np.nan)
-            ax.semilogy(np.maximum(curve, 1e-300), lw=1,
+            ax.semilogy(np.clip(curve, 1e-30, 1e30), lw=1,
                         label=f"lr = {factor:g} x 2/λmax", ls="--" if factor > 1 else "-")
         ax.set_ylim(1e-12, 1e8)
         ax.set_xlabel("gradient-descent step")
@@ -506,7 +506,7 @@ def _plot_rates(ctx, curves: dict, numbers: dict) -> str:
     for ax, (name, lines) in zip(axes[0], curves.items()):
         for label, curve in lines.items():
             curve = np.where(np.isfinite(curve), curve, np.nan)
-            ax.semilogy(np.maximum(curve, 1e-300), lw=1.2, label=label)
+            ax.semilogy(np.clip(curve, 1e-30, 1e30), lw=1.2, label=label)
         ax.set_ylim(1e-12, 1e6)
         ax.set_title(f"{name}\nκ = {numbers[name]['condition_number']:.3g}", fontsize=8)
         ax.set_xlabel("gradient-descent step")
