@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -55,7 +56,9 @@ class Dataset(NamedTuple):
     name: str
 
 
+@functools.lru_cache(maxsize=None)
 def _raw(name: str):
+    """The whole dataset as read-only NumPy arrays (cached: every split starts from these)."""
     from sklearn import datasets as skd
 
     if name == "diabetes":
@@ -69,6 +72,8 @@ def _raw(name: str):
     is_classification = name != "diabetes"
     y = np.asarray(bunch.target, np.int32 if is_classification else np.float64)
     num_classes = int(y.max()) + 1 if is_classification else 0
+    x.flags.writeable = False
+    y.flags.writeable = False
     return x, y, num_classes, names
 
 
