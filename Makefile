@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/jdl demo
+	$(BIN)/jdl claims --quick --out runs/claims
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
