@@ -1,4 +1,4 @@
-"""Test configuration: four host devices for sharding tests, float64 available.
+"""Test configuration: four host devices for sharding tests, float64, a tiny study context.
 
 XLA_FLAGS must be set before JAX initialises its backends; the default
 device stays CPU 0, so single-device tests are unaffected.
@@ -10,5 +10,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+from jdl.studies.registry import Context  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    """A tiny-mode study context writing figures to a fresh folder per test module."""
+    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("claims"))

@@ -5,7 +5,7 @@ import pytest
 
 from jdl import studies
 from jdl.studies import adam
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 # the verdict each study reaches on the notes' claim in tiny mode
 EXPECTED = {
@@ -13,11 +13,6 @@ EXPECTED = {
     "adam.ema": HOLDS, "adam.bias": HOLDS, "adam.momentum-not-monotone": HOLDS,
     "adam.momentum-skips": CAVEAT, "adam.no-global": HOLDS, "adam.second-moment": CAVEAT,
 }
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return Context(mode="tiny", out_dir=tmp_path)
 
 
 @pytest.mark.parametrize("study_id", sorted(EXPECTED))

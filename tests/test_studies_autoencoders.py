@@ -5,15 +5,10 @@ import pytest
 
 from jdl import studies
 from jdl.studies import autoencoders as ae
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE
 
 IDS = ["ae.sparse", "ae.sparsity-check", "ae.loss-terms", "ae.sparse-uses", "ae.uses",
        "ae.denoising", "ae.rotation", "ae.anomaly", "ae.conv", "ae.unet-skip"]
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("claims"))
 
 
 @pytest.mark.parametrize("study_id", IDS)

@@ -7,16 +7,11 @@ import pytest
 
 from jdl import studies
 from jdl.studies import backprop as bp
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["bp.delta", "bp.weight-grad", "bp.shared-weight", "bp.decision-boundary",
        "bp.universal-approx", "bp.count-biases", "bp.count-params", "bp.deriv-cosh",
        "bp.deriv-sigmoid", "bp.deriv-softmax", "bp.deriv-tanh", "bp.notes-backward"]
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("bp"))
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,12 @@ import pytest
 
 from jdl import studies
 from jdl.studies import cnn
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["cnn.output-size", "cnn.rf-recursive", "cnn.rf-closed", "cnn.layer-code",
        "cnn.attention-scaling", "cnn.attention-mask", "cnn.attention-shared-kq",
        "cnn.resnet-gradients", "cnn.resnet-add", "cnn.sharing-params",
        "cnn.sharing-translation", "cnn.sharing-transfer", "cnn.pooling-invariance"]
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("cnn"))
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,10 @@ from jax.flatten_util import ravel_pytree
 
 from jdl import studies
 from jdl.studies import conditioning as cond
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["opt.ill-conditioned-lr", "opt.best-lr", "opt.center-data", "opt.whiten-data",
        "opt.centered-activations", "opt.equal-width", "opt.batchnorm", "opt.skip-connections"]
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("claims"))
 
 
 def _check(finding, ctx):

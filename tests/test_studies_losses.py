@@ -4,7 +4,7 @@ import pytest
 
 from jdl import studies
 from jdl.studies import losses as ls
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 # the verdict each study reaches on the notes' claim in tiny mode
 EXPECTED = {
@@ -12,11 +12,6 @@ EXPECTED = {
     "loss.log-cosh": CAVEAT, "loss.expected-cost": HOLDS, "loss.label-quality": HOLDS,
     "loss.reparam-grad": CAVEAT,
 }
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return Context(mode="tiny", out_dir=tmp_path)
 
 
 @pytest.mark.parametrize("study_id", sorted(EXPECTED))

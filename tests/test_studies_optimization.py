@@ -16,7 +16,7 @@ import pytest
 from jdl import data, studies
 from jdl import train as jt
 from jdl.studies import optimization as opt
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE
 
 IDS = ["opt.symmetry", "opt.zero-init", "opt.init-scale", "opt.width-underfit", "opt.model-size",
        "opt.depth-resnet", "opt.restarts", "opt.lr-decay-escape", "opt.momentum-effective-lr",
@@ -24,11 +24,6 @@ IDS = ["opt.symmetry", "opt.zero-init", "opt.init-scale", "opt.width-underfit", 
        "opt.batch-diversity", "opt.batch-regularise", "opt.batch-second-order",
        "opt.data-parallel", "opt.model-parallel", "opt.bottleneck", "opt.local-connectivity",
        "opt.batch-memory", "opt.random-batches", "opt.parallel-layerwise"]
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return Context(mode="tiny", out_dir=tmp_path)
 
 
 def _check(finding, ctx):

@@ -10,7 +10,7 @@ import pytest
 
 from jdl import regularize, studies
 from jdl.studies import regularization as rg
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["reg.dataset-bias", "reg.finite-data", "reg.shift-uncertainty", "reg.domain-critic",
        "reg.feature-extractor", "reg.validation-selection", "reg.early-stopping",
@@ -20,11 +20,6 @@ IDS = ["reg.dataset-bias", "reg.finite-data", "reg.shift-uncertainty", "reg.doma
        "reg.mixed-norm-bound"]
 
 _DEFAULT = {}
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("regularization"))
 
 
 def default(study_id, ctx):

@@ -6,14 +6,9 @@ import pytest
 
 from jdl import studies
 from jdl.studies import rnn
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["rnn.bptt", "rnn.h0", "rnn.lstm-memory", "rnn.lstm-gates"]
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("claims"))
 
 
 @pytest.mark.parametrize("study_id", IDS)

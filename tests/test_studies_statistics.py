@@ -7,15 +7,10 @@ import pytest
 
 from jdl import studies
 from jdl.studies import statistics as st
-from jdl.studies.registry import CAVEAT, HOLDS, Context
+from jdl.studies.registry import CAVEAT, HOLDS
 
 IDS = ["stat.variance-def", "stat.second-moment", "stat.eigvec-orthogonal", "stat.var-product",
        "stat.mean-product", "stat.sum-expectation", "stat.tanh-linear"]
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return Context(mode="tiny", out_dir=tmp_path)
 
 
 @pytest.mark.parametrize("study_id", IDS)

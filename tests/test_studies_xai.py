@@ -8,17 +8,12 @@ import pytest
 from jdl import attribution as at
 from jdl import studies
 from jdl.studies import xai
-from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Context
+from jdl.studies.registry import CAVEAT, FAILS, HOLDS
 
 IDS = ["xai.activation-max", "xai.shapley-sampling", "xai.shapley-formula", "xai.lrp-rules",
        "xai.lrp-epsilon-absorbs", "xai.lrp-composite", "xai.lrp-fast", "xai.lrp-hyperparameters",
        "xai.lrp-architecture", "xai.lrp-needs-good-model"]
 _DEFAULT = {}
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return Context(mode="tiny", out_dir=tmp_path_factory.mktemp("xai"))
 
 
 def _default(ctx, study_id):
