@@ -12,6 +12,7 @@ from jdl import nn, parallel
 from jdl.attribution import (
     by_position, by_type, epsilon, epsilon_gamma_box, gamma, gradient_x_input, layer_names, lrp,
     lrp_0, merge_batch_norm, rules_of, uniform, zbox)
+from jdl.attribution.lrp import _winner_relevance
 
 
 def _mlp(use_bias=True):
@@ -32,6 +33,12 @@ def _resnet(use_bias=True):
                       nn.conv2d(3, 3, use_bias=use_bias))
     return nn.serial(nn.conv2d(3, 3, use_bias=use_bias), nn.activation("relu"),
                      nn.residual(block), nn.activation("relu"), nn.max_pool(2), nn.flatten(),
+                     nn.dense(3, use_bias=use_bias))
+
+
+def _overlapping_pool_cnn(use_bias=True):
+    return nn.serial(nn.conv2d(3, 3, use_bias=use_bias), nn.activation("relu"),
+                     nn.max_pool(3, strides=2, padding="SAME"), nn.flatten(),
                      nn.dense(3, use_bias=use_bias))
 
 
@@ -147,8 +154,9 @@ def test_conv_layer_matches_its_dense_matrix(rule):
                                rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("build, shape", [(_mlp, (5,)), (_cnn, (8, 8, 1)),
-                                          (_resnet, (8, 8, 1))], ids=["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("build, shape", [
+    (_mlp, (5,)), (_cnn, (8, 8, 1)), (_resnet, (8, 8, 1)), (_overlapping_pool_cnn, (7, 7, 2))],
+    ids=["mlp", "cnn", "resnet", "overlapping_pool"])
 def test_lrp0_equals_gradient_times_input_on_relu_networks(build, shape):
     model = build()
     params, _ = _init(model, shape)
@@ -156,6 +164,14 @@ def test_lrp0_equals_gradient_times_input_on_relu_networks(build, shape):
     relevance = lrp(model, params, x, composite=lrp_0(), stabilizer=0.0).relevance
     expected = gradient_x_input(model, params, x)
     np.testing.assert_allclose(relevance, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_max_pool_relevance_goes_to_the_first_winner_like_the_gradient():
+    pool = nn.max_pool((2, 3))
+    x = jax.random.randint(jax.random.key(7), (3, 4, 6, 2), 0, 3).astype(jnp.float64)  # ties
+    r = jax.random.normal(jax.random.key(8), (3, 2, 2, 2))
+    gradient = jax.vjp(lambda a: pool.apply({}, a)[0], x)[1](r)[0]
+    np.testing.assert_array_equal(_winner_relevance((2, 3), x, r), gradient)
 
 
 def test_gamma_zero_is_lrp0_and_epsilon_tends_to_lrp0():

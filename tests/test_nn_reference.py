@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jdl import nn
+from jdl.nn.conv import shifted_conv
 
 TOL = 1e-5
 
@@ -80,9 +82,10 @@ def test_conv2d_matches_notes_code():
     ((3, 3), (1, 2), "SAME", (2, 1)),
     ((2, 2), (3, 2), ((2, 0), (1, 1)), (2, 3)),
 ])
-def test_conv2d_matches_loops(kernel, strides, padding, dilation):
+@pytest.mark.parametrize("channels", [3, 6], ids=["shifted_matmul", "lax_conv"])
+def test_conv2d_matches_loops(kernel, strides, padding, dilation, channels):
     rng = _rng(1)
-    x = rng.normal(size=(2, 7, 8, 3))
+    x = rng.normal(size=(2, 7, 8, channels))
     layer = nn.conv2d(4, kernel, strides=strides, padding=padding, dilation=dilation)
     _, params, _ = layer.init(jax.random.key(0), x.shape)
     params = {"w": params["w"], "b": jnp.asarray(rng.normal(size=4))}
@@ -91,6 +94,23 @@ def test_conv2d_matches_loops(kernel, strides, padding, dilation):
                             padding, dilation)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, atol=TOL)
+
+
+@pytest.mark.parametrize("kernel, strides, pads, dilation", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 3), (2, 1), ((0, 1), (2, 0)), (2, 1)),
+])
+def test_shifted_conv_and_its_gradients_equal_lax_conv(kernel, strides, pads, dilation):
+    rng = _rng(2)
+    x, w = jnp.asarray(rng.normal(size=(3, 6, 7, 2))), jnp.asarray(rng.normal(size=(*kernel, 2, 5)))
+    ours = lambda x, w: shifted_conv(x, w, strides, pads, dilation)       # noqa: E731
+    lax_conv = lambda x, w: lax.conv_general_dilated(                      # noqa: E731
+        x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(ours(x, w), lax_conv(x, w), atol=TOL)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))               # noqa: E731
+    grads = zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(lax_conv), (0, 1))(x, w))
+    for g_ours, g_lax in grads:
+        np.testing.assert_allclose(g_ours, g_lax, atol=TOL)
 
 
 # --- pooling -------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jdl.nn.conv import explicit_padding
 from jdl.nn.core import Layer, residual, serial
 
 WEIGHTED_KINDS = ("dense", "conv2d")
@@ -435,6 +436,8 @@ def _leaf_relevance(node: _Node, r, stabilizer: float):
     layer, x = node.layer, node.x
     if layer.kind in ("activation", "dropout"):
         return r
+    if layer.kind == "max_pool" and _tiles(layer, x):
+        return _winner_relevance(layer.config["window"], x, r)
     if layer.kind in ("max_pool", "flatten"):
         _, vjp = jax.vjp(lambda a: layer.apply({}, a)[0], x)
         return vjp(r)[0]
@@ -447,6 +450,28 @@ def _leaf_relevance(node: _Node, r, stabilizer: float):
             epsilon(stabilizer), lambda q, a: a * jnp.broadcast_to(q["w"], a.shape)
             + jnp.broadcast_to(q["b"], a.shape), p, x, r)
     return _affine_relevance(node.rule, lambda p, a: layer.apply(p, a)[0], node.params, x, r)
+
+
+def _tiles(layer: Layer, x) -> bool:
+    """Whether the pooling windows tile ``x`` exactly: stride = window, no padding, sizes divisible."""
+    window, strides = layer.config["window"], layer.config["strides"]
+    pads = explicit_padding(x.shape[1:3], window, strides, layer.config["padding"])
+    return (strides == window and all(p == (0, 0) for p in pads)
+            and x.shape[1] % window[0] == 0 and x.shape[2] % window[1] == 0)
+
+
+def _winner_relevance(window, x, r):
+    """Max pooling over tiling windows: each window's relevance goes to its first largest input.
+
+    Equal to the gradient of max pooling (``select_and_scatter``, first winner
+    on ties) but an ``argmax`` over reshaped windows, several times faster on CPU.
+    """
+    (wh, ww), (n, h, w, c) = window, x.shape
+    tiles = (x.reshape(n, h // wh, wh, w // ww, ww, c).transpose(0, 1, 3, 5, 2, 4)
+             .reshape(n, h // wh, w // ww, c, wh * ww))
+    spread = jax.nn.one_hot(jnp.argmax(tiles, axis=-1), wh * ww, dtype=r.dtype) * r[..., None]
+    return (spread.reshape(n, h // wh, w // ww, c, wh, ww).transpose(0, 1, 4, 2, 5, 3)
+            .reshape(n, h, w, c))
 
 
 def _sign(z):
@@ -465,40 +490,71 @@ def _divide(r, z, eps: float):
     return jnp.where(z == 0, jnp.zeros_like(r), r / safe)
 
 
-def _map_params(params, fn, keep_bias: bool = True):
-    return {k: (fn(v) if keep_bias or k != "b" else jnp.zeros_like(v)) for k, v in params.items()}
-
-
 def _affine_relevance(rule: Rule, apply: Callable, params, a, r):
-    """Relevance of the inputs ``a`` of the affine map ``apply(params, a)`` under ``rule``."""
+    """Relevance of the inputs ``a`` of the affine map ``apply(params, a)`` under ``rule``.
 
-    def transpose(p, inp, s):
-        return jax.vjp(lambda t: apply(p, t), inp)[1](s)[0]
-
+    LRP-gamma and z^B need several modified copies of the layer; for dense
+    and conv layers (weights ``(..., in, out)``, inputs ``(..., in)``) they
+    run as one layer with stacked channels, one forward and one transpose,
+    instead of one call per copy.
+    """
     if rule.name in ("0", "epsilon"):
         z, vjp = jax.vjp(lambda t: apply(params, t), a)
         return a * vjp(_divide(r, z, rule.epsilon))[0]
     if rule.name == "gamma":
-        g = rule.gamma
-        up = _map_params(params, lambda w: w + g * jnp.maximum(w, 0))
-        dn = _map_params(params, lambda w: w + g * jnp.minimum(w, 0))
-        up_nb = _map_params(params, lambda w: w + g * jnp.maximum(w, 0), keep_bias=False)
-        dn_nb = _map_params(params, lambda w: w + g * jnp.minimum(w, 0), keep_bias=False)
-        a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
-        z = apply(params, a)
-        z_pos = apply(up, a_pos) + apply(dn_nb, a_neg)     # explains outputs z > 0
-        z_neg = apply(dn, a_pos) + apply(up_nb, a_neg)     # explains outputs z < 0
-        s_pos = _divide(jnp.where(z > 0, r, 0), z_pos, rule.epsilon)
-        s_neg = _divide(jnp.where(z < 0, r, 0), z_neg, rule.epsilon)
-        return (a_pos * (transpose(up, a, s_pos) + transpose(dn, a, s_neg))
-                + a_neg * (transpose(dn, a, s_pos) + transpose(up, a, s_neg)))
+        return _gamma_relevance(rule, apply, params, a, r)
     if rule.name == "zbox":
-        low = jnp.broadcast_to(jnp.asarray(rule.low, a.dtype), a.shape)
-        high = jnp.broadcast_to(jnp.asarray(rule.high, a.dtype), a.shape)
-        plus = _map_params(params, lambda w: jnp.maximum(w, 0))
-        minus = _map_params(params, lambda w: jnp.minimum(w, 0))
-        z = apply(params, a) - apply(plus, low) - apply(minus, high)
-        s = _divide(r, z, rule.epsilon)
-        return (a * transpose(params, a, s) - low * transpose(plus, a, s)
-                - high * transpose(minus, a, s))
+        return _zbox_relevance(rule, apply, params, a, r)
     raise ValueError(f"lrp: unknown rule {rule.name!r}; expected '0', 'epsilon', 'gamma', 'zbox'")
+
+
+def _blocks(rows):
+    """The weight of a layer with stacked channels: ``rows[i][j]`` maps input block i to output block j."""
+    return jnp.concatenate([jnp.concatenate(row, axis=-1) for row in rows], axis=-2)
+
+
+def _stacked(apply, w, b=None):
+    """``apply`` with weight ``w`` and bias ``b`` (zeros if None), for any in/out channel count."""
+    return lambda t: apply({"w": w, "b": jnp.zeros(w.shape[-1], w.dtype) if b is None else b}, t)
+
+
+def _transpose(apply, w, inputs, s):
+    """``W^T s`` for the layer with weight ``w`` (the gradient of ``<s, apply(w, t)>`` in ``t``)."""
+    return jax.vjp(_stacked(apply, w), inputs)[1](s)[0]
+
+
+def _gamma_relevance(rule: Rule, apply, params, a, r):
+    """LRP-gamma: ``up = w + gamma w+`` explains ``z > 0``, ``dn = w + gamma w-`` ``z < 0``.
+
+    ``z+ = up a+ + dn a-`` and ``z- = dn a+ + up a-`` (biases modified alike);
+    ``R = a+ (up^T s+ + dn^T s-) + a- (dn^T s+ + up^T s-)``.
+    """
+    g, w = rule.gamma, params["w"]
+    up, dn = w + g * jnp.maximum(w, 0), w + g * jnp.minimum(w, 0)
+    a_pos, a_neg = jnp.maximum(a, 0), jnp.minimum(a, 0)
+    bias = None
+    if "b" in params:
+        b = params["b"]
+        bias = jnp.concatenate([b, b + g * jnp.maximum(b, 0), b + g * jnp.minimum(b, 0)])
+    stacked_in = jnp.concatenate([a_pos, a_neg], axis=-1)
+    z, z_pos, z_neg = jnp.split(
+        _stacked(apply, _blocks([[w, up, dn], [w, dn, up]]), bias)(stacked_in), 3, axis=-1)
+    s_pos = _divide(jnp.where(z > 0, r, 0), z_pos, rule.epsilon)
+    s_neg = _divide(jnp.where(z < 0, r, 0), z_neg, rule.epsilon)
+    c_pos, c_neg = jnp.split(
+        _transpose(apply, _blocks([[up, dn], [dn, up]]), stacked_in,
+                   jnp.concatenate([s_pos, s_neg], axis=-1)), 2, axis=-1)
+    return a_pos * c_pos + a_neg * c_neg
+
+
+def _zbox_relevance(rule: Rule, apply, params, a, r):
+    """z^B: ``z = w a - w+ low - w- high`` (the biases cancel), ``R = a w^T s - low w+^T s - high w-^T s``."""
+    w = params["w"]
+    plus, minus = jnp.maximum(w, 0), jnp.minimum(w, 0)
+    low = jnp.broadcast_to(jnp.asarray(rule.low, a.dtype), a.shape)
+    high = jnp.broadcast_to(jnp.asarray(rule.high, a.dtype), a.shape)
+    stacked_in = jnp.concatenate([a, low, high], axis=-1)
+    weight = _blocks([[w], [-plus], [-minus]])
+    s = _divide(r, _stacked(apply, weight)(stacked_in), rule.epsilon)
+    c, c_low, c_high = jnp.split(_transpose(apply, weight, stacked_in, s), 3, axis=-1)
+    return a * c + low * c_low + high * c_high

@@ -102,6 +102,36 @@ def window_output_shape(fn_name: str, input_shape, window, strides, padding) -> 
     return (input_shape[0], *out, input_shape[3])
 
 
+SHIFTED_MAX_CHANNELS = 4
+"""Inputs with at most this many channels are convolved by :func:`shifted_conv`."""
+
+
+def shifted_conv(x, w, strides, pads, dilation):
+    """The cross-correlation as one matmul over the ``kh * kw`` shifted views of ``x``.
+
+    Same result as ``lax.conv_general_dilated`` (NHWC, HWIO); for images with
+    few channels (1 to 4: grey, RGB), where XLA's CPU convolution and its
+    transpose are 2 to 7 times slower than this im2col by slicing.
+
+    Args:
+      x: ``(batch, height, width, cin)``.
+      w: ``(kh, kw, cin, cout)``.
+      strides, dilation: pairs; pads: ``((top, bottom), (left, right))``.
+
+    Returns:
+      ``(batch, out_height, out_width, cout)``.
+    """
+    (kh, kw, cin, cout), (sh, sw), (dh, dw) = w.shape, strides, dilation
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh = output_size(x.shape[1], (kh - 1) * dh + 1, sh, pads[0])
+    ow = output_size(x.shape[2], (kw - 1) * dw + 1, sw, pads[1])
+    views = [lax.slice(xp, (0, a * dh, b * dw, 0),
+                       (x.shape[0], a * dh + (oh - 1) * sh + 1, b * dw + (ow - 1) * sw + 1, cin),
+                       (1, sh, sw, 1))
+             for a in range(kh) for b in range(kw)]
+    return jnp.concatenate(views, axis=-1) @ w.reshape(kh * kw * cin, cout)
+
+
 def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
            use_bias: bool = True, w_init="lecun_normal", b_init="zeros") -> Layer:
     """A 2-D convolution over NHWC images with an HWIO kernel.
@@ -158,9 +188,12 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
                 f"got shape {x.shape}")
         dtype = jnp.result_type(x, w)
         pads = explicit_padding(x.shape[1:3], k_eff, strides, padding)
-        y = lax.conv_general_dilated(
-            x.astype(dtype), w.astype(dtype), window_strides=strides, padding=pads,
-            rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if x.shape[3] <= SHIFTED_MAX_CHANNELS:
+            y = shifted_conv(x.astype(dtype), w.astype(dtype), strides, pads, dilation)
+        else:
+            y = lax.conv_general_dilated(
+                x.astype(dtype), w.astype(dtype), window_strides=strides, padding=pads,
+                rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if use_bias:
             y = y + jnp.broadcast_to(params["b"], y.shape)
         return y, ({} if state is None else state)
