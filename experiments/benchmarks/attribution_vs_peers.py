@@ -46,22 +46,30 @@ RESULTS = Path(__file__).parent / "results"
 
 
 CLOCKS = ("wall", "cpu")
+PAUSE = 0.05
 
 
-def _timed(fn, repeats: int) -> dict:
-    """Median seconds of ``fn()`` by the wall clock and by this process's CPU time.
+def _timed(fns: dict, repeats: int) -> dict:
+    """Median seconds of each ``fn()`` by the wall clock and by this process's CPU time.
 
-    The CPU time (all threads) is the steadier number on a machine shared with
-    other jobs; on an idle machine with every core busy the two agree up to the
-    number of cores.
+    The functions run in turn, ``repeats`` rounds, so that jdl and its peer
+    see the same load on a noisy machine, each after a pause of ``PAUSE``
+    seconds so that neither runs while the other's worker threads still spin
+    (PyTorch's OpenMP pool keeps spinning for a while after an op). The CPU time (all threads) is the
+    steadier number on a machine shared with other jobs; on an idle machine
+    with every core busy the two agree up to the number of cores.
     """
-    wall, cpu = [], []
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+        for name, fn in fns.items():
+            time.sleep(PAUSE)
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+            for name in fns}
 
 
 def _rates(count: float, seconds: dict) -> dict:
@@ -132,7 +140,6 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     torch.manual_seed(0)
     captum_values = run_captum()
     captum_rows = tmodel.rows
-    captum_seconds = _timed(run_captum, repeats)
     budget = captum_rows / n                                   # model rows per instance
 
     # jdl: antithetic permutations with at most the same rows per instance
@@ -143,7 +150,6 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
 
     result = run_jdl()
     result.values.block_until_ready()
-    jdl_seconds = _timed(lambda: run_jdl().values.block_until_ready(), repeats)
     jdl_rows = result.num_evaluations
 
     # the model's own forward pass on as many rows, rows already in memory, jitted: in
@@ -153,11 +159,15 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     rows = jnp.asarray(np.resize(x, (-(-jdl_rows // chunk) * chunk, d)))
     whole = jax.jit(_mlp_jax)
     chunked = jax.jit(lambda p, r: lax.map(lambda c: _mlp_jax(p, c), r.reshape(-1, chunk, d)))
-    forward_seconds = {}
-    for name, fn in (("one call", whole), (f"calls of {chunk} rows", chunked)):
+    forwards = {"one call": whole, f"calls of {chunk} rows": chunked}
+    for fn in forwards.values():
         fn(f.args[0], rows).block_until_ready()
-        timing = _timed(lambda: fn(f.args[0], rows).block_until_ready(), repeats)
-        forward_seconds[name] = {c: t * jdl_rows / rows.shape[0] for c, t in timing.items()}
+    timing = _timed({"jdl": lambda: run_jdl().values.block_until_ready(), "captum": run_captum,
+                     **{name: functools.partial(lambda fn: fn(f.args[0], rows).block_until_ready(),
+                                                fn) for name, fn in forwards.items()}}, repeats)
+    jdl_seconds, captum_seconds = timing["jdl"], timing["captum"]
+    forward_seconds = {name: {c: t * jdl_rows / rows.shape[0] for c, t in timing[name].items()}
+                       for name in forwards}
     best_forward = {c: min(t[c] for t in forward_seconds.values()) for c in CLOCKS}
 
     # shap: row by row, max_evals = the same budget per row
@@ -170,8 +180,8 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     tmodel.rows = 0
     np.random.seed(0)
     shap_values = []
-    shap_seconds = _timed(lambda: shap_values.append(
-        explainer(x[:n_shap], max_evals=int(budget), silent=True).values), 1)
+    shap_seconds = _timed({"shap": lambda: shap_values.append(
+        explainer(x[:n_shap], max_evals=int(budget), silent=True).values)}, 1)["shap"]
     shap_values = shap_values[0]
     shap_rows = tmodel.rows
 
@@ -267,7 +277,6 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
     pool = jnp.concatenate([ds.x_train, ds.x_val, ds.x_test]).astype(jnp.float32)
     x32 = pool[jnp.arange(batch) % pool.shape[0]]
     explain(p32, x32).relevance.block_until_ready()
-    jdl_seconds = _timed(lambda: explain(p32, x32).relevance.block_until_ready(), repeats)
     tmodel = _torch_cnn(params, torch.float32)
     x_t = torch.from_numpy(np.ascontiguousarray(np.asarray(x32).transpose(0, 3, 1, 2)))
     with torch.no_grad():
@@ -278,10 +287,12 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
             attributor(x_t.clone().requires_grad_(), lambda out: out * onehot)
 
     run_zennit()
-    zennit_seconds = _timed(run_zennit, repeats)
     forward = jax.jit(lambda p, v: model.apply(p, v)[0])
     forward(p32, x32).block_until_ready()
-    forward_seconds = _timed(lambda: forward(p32, x32).block_until_ready(), repeats)
+    timing = _timed({"jdl": lambda: explain(p32, x32).relevance.block_until_ready(),
+                     "zennit": run_zennit,
+                     "forward": lambda: forward(p32, x32).block_until_ready()}, repeats)
+    jdl_seconds, zennit_seconds, forward_seconds = (timing[k] for k in ("jdl", "zennit", "forward"))
     return {
         "model": "CNN conv8-relu-maxpool-conv16-relu-flatten-dense10 on 8x8 digits",
         "composite": "EpsilonGammaBox(low=0, high=1): z^B first conv, gamma 0.25 conv, "
@@ -301,7 +312,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
     sizes = dict(n=128, n_shap=4, captum_samples=10, repeats=1) if args.quick else dict(
-        n=2048, n_shap=16, captum_samples=36, repeats=3)
+        n=2048, n_shap=16, captum_samples=36, repeats=7)
     device = jax.devices()[0]
     report = {
         "platform": device.platform, "device": str(device.device_kind),
@@ -309,7 +320,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
         "shapley": shapley_benchmark(**sizes),
-        "lrp": lrp_benchmark(batch=256 if args.quick else 1024, repeats=sizes["repeats"]),
+        "lrp": lrp_benchmark(batch=256 if args.quick else 1024,
+                             repeats=sizes["repeats"] if args.quick else 31),
     }
     s, lr = report["shapley"], report["lrp"]
     print(f"Shapley ({s['instances']} instances x {s['features']} features, "
