@@ -27,7 +27,7 @@ from jax import lax
 
 from jdl.hessian import operators
 from jdl.hessian.lanczos import (
-    LanczosState, basis_rows, check_key, check_steps, extend, inner, norm)
+    LanczosState, basis_rows, check_key, check_steps, extend, init_state, inner, norm)
 from jdl.hessian.operators import Operator
 
 WHICH = ("largest", "smallest", "both")
@@ -88,15 +88,10 @@ def _rayleigh(operator: Operator, params, data, vectors):
     return lax.map(one, vectors)
 
 
-def _host_state(v0: np.ndarray, rows: int, restart: np.ndarray, dtype) -> LanczosState:
-    """:func:`init_state` built on the host (no small programs compiled for it)."""
-    basis = np.zeros((rows, v0.shape[0]), dtype)
-    basis[0] = v0
-    zeros = np.zeros(rows, dtype)
-    return LanczosState(jnp.asarray(basis), jnp.asarray(v0, dtype),
-                        jnp.asarray(np.zeros_like(basis[0])), jnp.asarray(zeros),
-                        jnp.asarray(zeros), jnp.asarray(0, jnp.int32),
-                        jnp.asarray(0, dtype), jnp.asarray(restart, dtype))
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _fresh_state(v0: jax.Array, restart: jax.Array, rows: int) -> LanczosState:
+    """:func:`init_state` as one compiled program: the basis is made on the device, not copied there."""
+    return init_state(v0, rows, restart)
 
 
 def _tridiagonal_eigh(state: LanczosState, m: int):
@@ -135,8 +130,9 @@ def _krylov_run(fn_name: str, operator: Operator, params, data, key, locked, num
     """
     v0, restart = _start(key, locked, num_locked)
     dtype = operators.flat_dtype(params, operator.block)
-    locked_device = jnp.asarray(locked, dtype)
-    state = _host_state(v0, rows, restart, dtype)
+    # Nothing locked yet: no projection at all (a zero block would cost a pass per step).
+    locked_device = jnp.asarray(locked, dtype) if num_locked else None
+    state = _fresh_state(jnp.asarray(v0, dtype), jnp.asarray(restart, dtype), rows)
     need = sum(want.values())
     stop = min(limit, max(20, 3 * need))
     while True:
