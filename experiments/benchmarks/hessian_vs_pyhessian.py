@@ -199,9 +199,14 @@ def main() -> int:
     # --- top-5 eigenvalues ----------------------------------------------------------------
     key = jax.random.key(2)
     jdl_eig = {}
-    for label, check in (("default", True), ("no_multiplicity_check", False)):
+    # The last is PyHessian's own setting: no check for repeated eigenvalues, a loose
+    # tolerance (its power iteration stops at a 1e-3 relative change); jdl's first
+    # 20 Lanczos steps are then enough and still far more accurate than PyHessian
+    for label, check, tol in (("default", True, 1e-4), ("no_multiplicity_check", False, 1e-4),
+                              ("loose_tol_no_check", False, 1e-2)):
         first, warm, eig = timed(lambda: hessian.eigenvalues(
-            loss_fn, params, (x, y), k=5, key=key, multiplicity_check=check), args.repeats)
+            loss_fn, params, (x, y), k=5, key=key, multiplicity_check=check, tol=tol),
+            args.repeats)
         jdl_eig[label] = {"seconds": warm, "compile_seconds": max(first - warm, 0.0),
                           "values": np.asarray(eig.values).tolist(),
                           "relative_errors": relative_errors(eig.values, top5),
@@ -236,6 +241,8 @@ def main() -> int:
           f"error {max(ph_eig['relative_errors']):.2e}")
     out["top5"] = {"jdl": jdl_eig, "pyhessian": ph_eig,
                    "speedup": ph_eig["seconds"] / jdl_eig["default"]["seconds"],
+                   "speedup_loose_tol_no_check":
+                       ph_eig["seconds"] / jdl_eig["loose_tol_no_check"]["seconds"],
                    "jdl_more_accurate": max(jdl_eig["default"]["relative_errors"])
                    < max(ph_eig["relative_errors"])}
 
@@ -316,7 +323,8 @@ def main() -> int:
         "hvp_at_most_2x_gradient": out["hvp"]["hvp_over_grad"] <= 2,
     }
     out["goals"] = goals
-    print(f"top-5 speedup {out['top5']['speedup']:.1f}x, trace speedup (same samples) "
+    print(f"top-5 speedup {out['top5']['speedup']:.1f}x (PyHessian's setting: no "
+          f"multiplicity check, tol 1e-2: {out['top5']['speedup_loose_tol_no_check']:.1f}x), trace speedup (same samples) "
           f"{out['trace']['speedup_same_samples']:.1f}x, at PyHessian's stderr "
           f"{out['trace']['speedup_at_pyhessian_stderr']:.1f}x, HVP/grad "
           f"{out['hvp']['hvp_over_grad']:.2f}")
