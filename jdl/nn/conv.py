@@ -103,15 +103,16 @@ def window_output_shape(fn_name: str, input_shape, window, strides, padding) -> 
 
 
 SHIFTED_MAX_CHANNELS = 4
-"""Inputs with at most this many channels are convolved by :func:`shifted_conv`."""
+"""On CPU, inputs with at most this many channels are convolved by :func:`shifted_conv`."""
 
 
 def shifted_conv(x, w, strides, pads, dilation):
     """The cross-correlation as one matmul over the ``kh * kw`` shifted views of ``x``.
 
-    Same result as ``lax.conv_general_dilated`` (NHWC, HWIO); for images with
-    few channels (1 to 4: grey, RGB), where XLA's CPU convolution and its
-    transpose are 2 to 7 times slower than this im2col by slicing.
+    Same result as ``lax.conv_general_dilated`` (NHWC, HWIO); ``conv2d`` uses
+    it on CPU for images with few channels (1 to 4: grey, RGB), where XLA's
+    CPU convolution and its transpose are 2 to 7 times slower than this
+    im2col by slicing.
 
     Args:
       x: ``(batch, height, width, cin)``.
@@ -188,7 +189,7 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
                 f"got shape {x.shape}")
         dtype = jnp.result_type(x, w)
         pads = explicit_padding(x.shape[1:3], k_eff, strides, padding)
-        if x.shape[3] <= SHIFTED_MAX_CHANNELS:
+        if x.shape[3] <= SHIFTED_MAX_CHANNELS and jax.default_backend() == "cpu":
             y = shifted_conv(x.astype(dtype), w.astype(dtype), strides, pads, dilation)
         else:
             y = lax.conv_general_dilated(
