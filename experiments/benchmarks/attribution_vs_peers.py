@@ -54,10 +54,10 @@ def _timed(fns: dict, repeats: int) -> dict:
 
     The functions run in turn, ``repeats`` rounds, so that jdl and its peer
     see the same load on a noisy machine, each after a pause of ``PAUSE``
-    seconds so that neither runs while the other's worker threads still spin
-    (PyTorch's OpenMP pool keeps spinning for a while after an op). The CPU time (all threads) is the
-    steadier number on a machine shared with other jobs; on an idle machine
-    with every core busy the two agree up to the number of cores.
+    seconds so that neither runs while the other's worker threads still spin.
+    The CPU time (all threads) is the steadier number on a machine shared
+    with other jobs; on an idle machine with every core busy the two agree up
+    to the number of cores.
     """
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
