@@ -91,3 +91,23 @@ def test_bad_keys():
     with pytest.raises(ValueError, match="keys of shape"):
         jt.fit_restarts(loss_fn, init_fn, OPTIMIZER, TRAIN, VAL, keys=jax.random.key(0),
                         epochs=2, batch_size=16)
+
+
+def test_restarts_sharded_over_devices_equal_one_device():
+    keys = jax.random.split(jax.random.key(5), 4)
+
+    def run(**kw):
+        return jt.fit_restarts(loss_fn, init_fn, OPTIMIZER, TRAIN, VAL, keys=keys, epochs=4,
+                               batch_size=16, quiet=True, **kw)
+
+    spread, single = run(), run(num_devices=1)
+    assert len(jax.devices()) == 4                     # conftest: 4 host devices
+    assert len(jax.tree.leaves(spread.all_params)[0].sharding.device_set) == 4
+    assert len(jax.tree.leaves(single.all_params)[0].sharding.device_set) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+                 spread.all_params, single.all_params)
+    np.testing.assert_allclose(spread.histories["val_loss"], single.histories["val_loss"],
+                               rtol=1e-10)
+    for bad in (0, 3, 5, 2.0):
+        with pytest.raises(ValueError, match="fit_restarts: expected num_devices"):
+            run(num_devices=bad)

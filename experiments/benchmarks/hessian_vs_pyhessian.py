@@ -324,7 +324,8 @@ def main() -> int:
     }
     out["goals"] = goals
     print(f"top-5 speedup {out['top5']['speedup']:.1f}x (PyHessian's setting: no "
-          f"multiplicity check, tol 1e-2: {out['top5']['speedup_loose_tol_no_check']:.1f}x), trace speedup (same samples) "
+          f"multiplicity check, tol 1e-2: {out['top5']['speedup_loose_tol_no_check']:.1f}x), "
+          f"trace speedup (same samples) "
           f"{out['trace']['speedup_same_samples']:.1f}x, at PyHessian's stderr "
           f"{out['trace']['speedup_at_pyhessian_stderr']:.1f}x, HVP/grad "
           f"{out['hvp']['hvp_over_grad']:.2f}")

@@ -11,7 +11,9 @@ Measured:
      included) against the PyTorch loop; median of repeats after a warm-up
      run; jdl's compile time reported separately;
   2. 16 restarts: jdl ``fit_restarts`` (one vmapped program) against 16
-     PyTorch runs one after another, in model-epochs per second;
+     PyTorch runs one after another, in model-epochs per second; jdl on one
+     device, and with the restarts sharded over the CPU's cores (this script
+     makes each core a JAX device, ``--xla_force_host_platform_device_count``);
   3. agreement: both loops fed the same permutations for a few epochs end
      with the same weights (float32 tolerance), and the final training loss
      of the timed runs (different permutation streams) agree to a tolerance.
@@ -36,14 +38,18 @@ import platform
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import torch
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={os.cpu_count()}")
 
-from jdl import data, nn
-from jdl import train as jt
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+
+from jdl import data, nn  # noqa: E402
+from jdl import train as jt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -224,15 +230,18 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
     # --- restarts: both keep the one with the lowest validation loss ---------
     keys = jax.random.split(jax.random.key(2), R)
 
-    def jdl_restarts():
+    def jdl_restarts(num_devices=None):
         result = jt.fit_restarts(loss_fn, init_fn, optimizer, train, val, keys=keys,
-                                 epochs=E, batch_size=B, quiet=True)
+                                 epochs=E, batch_size=B, quiet=True, num_devices=num_devices)
         jax.block_until_ready(result.all_params)
         return result
 
     start = time.perf_counter()
     restarts_result = jdl_restarts()
     restarts_first = time.perf_counter() - start
+    one_device_result = jdl_restarts(1)
+    restarts_agree = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(restarts_result.all_params), jax.tree.leaves(one_device_result.all_params)))
     inits = [init_fn(jt.split_restart_key(k)[0]) for k in keys]
     torch_val = []
 
@@ -244,13 +253,18 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
             torch_val.append(notes_loop(model, X, Y, lr=lr, batch_size=B, num_epochs=E,
                                         val=(X_val, Y_val))[1][-1])
 
-    times = interleaved_times({"jdl": jdl_restarts, "torch": torch_restarts},
-                              max(2, repeats // 2))
+    times = interleaved_times({"jdl": jdl_restarts, "jdl_one_device": lambda: jdl_restarts(1),
+                               "torch": torch_restarts}, max(2, repeats // 2))
     jdl_stats, torch_stats = summary(times["jdl"], R * E), summary(times["torch"], R * E)
+    one_stats = summary(times["jdl_one_device"], R * E)
     out["restarts"] = {
         "jdl": {**jdl_stats, "compile_and_first_run_seconds": restarts_first,
+                "devices": len(jax.devices()),
                 "best_val_loss": float(np.min(restarts_result.val_losses)),
                 "median_val_loss": float(np.median(restarts_result.val_losses))},
+        "jdl_one_device": {**one_stats,
+                           "max_abs_weight_difference_to_sharded": restarts_agree},
+        "speedup_one_device": torch_stats["seconds"] / one_stats["seconds"],
         "torch": {**torch_stats, "threads": best_threads,
                   "best_val_loss": float(np.min(torch_val)),
                   "median_val_loss": float(np.median(torch_val))},
@@ -278,9 +292,11 @@ def report(res: dict) -> None:
     print(f"  one model: {one['speedup']:.2f}x the notes' loop (best of repeats "
           f"{one['speedup_best_of_repeats']:.2f}x; goal >= 4x); final losses differ by "
           f"{100 * one['final_loss_relative_difference']:.1f}% (different permutations)")
-    print(f"  {st['restarts']} restarts: jdl {rs['jdl']['per_second']:.1f} vs torch "
-          f"{rs['torch']['per_second']:.1f} model-epochs/s: {rs['speedup']:.2f}x (best of "
-          f"repeats {rs['speedup_best_of_repeats']:.2f}x; goal >= 20x); best val loss jdl "
+    print(f"  {st['restarts']} restarts: jdl on {rs['jdl']['devices']} devices "
+          f"{rs['jdl']['per_second']:.1f} vs torch {rs['torch']['per_second']:.1f} "
+          f"model-epochs/s: {rs['speedup']:.2f}x (best of repeats "
+          f"{rs['speedup_best_of_repeats']:.2f}x; goal >= 20x); on one device "
+          f"{rs['speedup_one_device']:.2f}x; best val loss jdl "
           f"{rs['jdl']['best_val_loss']:.5f}, torch {rs['torch']['best_val_loss']:.5f}")
     print(f"  same permutations, {chk['epochs']} epochs: max |w_torch - w_jdl| = "
           f"{chk['max_abs_weight_difference']:.2e} (|w| <= {chk['max_abs_weight']:.2f})")

@@ -453,7 +453,7 @@ def _leaf_relevance(node: _Node, r, stabilizer: float):
 
 
 def _tiles(layer: Layer, x) -> bool:
-    """Whether the pooling windows tile ``x`` exactly: stride = window, no padding, sizes divisible."""
+    """Whether the pooling windows tile ``x``: stride = window, no padding, sizes divisible."""
     window, strides = layer.config["window"], layer.config["strides"]
     pads = explicit_padding(x.shape[1:3], window, strides, layer.config["padding"])
     return (strides == window and all(p == (0, 0) for p in pads)
@@ -509,7 +509,7 @@ def _affine_relevance(rule: Rule, apply: Callable, params, a, r):
 
 
 def _blocks(rows):
-    """The weight of a layer with stacked channels: ``rows[i][j]`` maps input block i to output block j."""
+    """The weight of a stacked-channel layer: ``rows[i][j]`` maps input block i to output block j."""
     return jnp.concatenate([jnp.concatenate(row, axis=-1) for row in rows], axis=-2)
 
 
@@ -548,7 +548,8 @@ def _gamma_relevance(rule: Rule, apply, params, a, r):
 
 
 def _zbox_relevance(rule: Rule, apply, params, a, r):
-    """z^B: ``z = w a - w+ low - w- high`` (the biases cancel), ``R = a w^T s - low w+^T s - high w-^T s``."""
+    """z^B: ``z = w a - w+ low - w- high`` (biases cancel); ``R = a w^T s - low w+^T s - high w-^T s``.
+    """
     w = params["w"]
     plus, minus = jnp.maximum(w, 0), jnp.minimum(w, 0)
     low = jnp.broadcast_to(jnp.asarray(rule.low, a.dtype), a.shape)

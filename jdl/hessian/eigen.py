@@ -90,7 +90,7 @@ def _rayleigh(operator: Operator, params, data, vectors):
 
 @functools.partial(jax.jit, static_argnames=("rows",))
 def _fresh_state(v0: jax.Array, restart: jax.Array, rows: int) -> LanczosState:
-    """:func:`init_state` as one compiled program: the basis is made on the device, not copied there."""
+    """:func:`init_state` as one compiled program: the basis is made on the device, not copied."""
     return init_state(v0, rows, restart)
 
 

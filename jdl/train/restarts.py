@@ -9,6 +9,12 @@ one host sync per ``epochs_per_call`` epochs). Restart ``r`` with key ``k_r``
 is exactly ``fit`` of ``init_fn(k_init)`` with ``key=k_run``, where
 ``k_init, k_run = jax.random.split(k_r)`` (equal to float tolerance: batching
 may reorder a reduction).
+
+With several devices the restart axis is sharded over them (JAX's SPMD, the
+data replicated), so the runs advance in parallel: on a CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (set before
+importing jax) makes each core a device; 16 restarts of a small MLP then run
+about 2x faster on 2 cores than on one device.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdl.parallel import data_mesh, replicate, shard_batch
 from jdl.train.loop import (
     Config, EarlyStopping, TrainState, count_examples, check_config, compiled_chunk, drive,
     initial_run)
@@ -57,13 +64,26 @@ def split_restart_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k_init, k_run
 
 
+def _device_count(fn_name: str, num: int, num_devices: int | None) -> int:
+    """How many devices the ``num`` restarts are sharded over."""
+    available = len(jax.devices())
+    if num_devices is None:
+        return max(d for d in range(1, min(available, num) + 1) if num % d == 0)
+    if not isinstance(num_devices, int) or not 1 <= num_devices <= available \
+            or num % num_devices:
+        raise ValueError(
+            f"{fn_name}: expected num_devices between 1 and {available} (available) dividing "
+            f"the {num} restarts, got {num_devices!r}")
+    return num_devices
+
+
 def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
                  optimizer: optax.GradientTransformation, train_data: Any, val_data: Any, *,
                  keys: jax.Array, epochs: int, batch_size: int,
                  metrics: dict[str, Callable] | None = None, drop_last: bool = True,
                  early_stopping: EarlyStopping | None = None, epochs_per_call: int = 10,
-                 quiet: bool = False, callback: Callable[[int, dict], None] | None = None
-                 ) -> RestartsResult:
+                 quiet: bool = False, callback: Callable[[int, dict], None] | None = None,
+                 num_devices: int | None = None) -> RestartsResult:
     """Train one model per key in one vmapped program; keep the best by validation loss.
 
     Args:
@@ -77,6 +97,9 @@ def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
       epochs, batch_size, metrics, drop_last, early_stopping, epochs_per_call,
         quiet, callback: as for :func:`jdl.train.fit` (callback records hold
         ``(restarts,)`` arrays).
+      num_devices: devices to shard the restarts over (it must divide the
+        number of restarts); default the most of ``jax.devices()`` that
+        divide it. Any count gives the same result to float tolerance.
 
     Returns:
       A :class:`RestartsResult`.
@@ -112,6 +135,11 @@ def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
     # Eager vmap, not jit: initialisers (truncated normals) compile slowly, and
     # op-by-op dispatch caches each operation, so later calls start at once.
     run = jax.vmap(start)(keys)
+    devices = _device_count(fn_name, num, num_devices)
+    if devices > 1:
+        mesh = data_mesh(devices)
+        run, train_data, val_data = (shard_batch(run, mesh), replicate(train_data, mesh),
+                                     replicate(val_data, mesh))
     num_batches = n // batch_size if drop_last else -(-n // batch_size)
     history: dict[str, list] = {}
     run = drive(fn_name, compiled_chunk(cfg, vmapped=True), run, train_data, val_data,
