@@ -26,6 +26,7 @@ import numpy as np
 
 from jdl import data, losses, metrics, nn
 from jdl import train as jt
+from jdl.studies.common import plot_lines
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE, Finding, study
 
 SECTION = "Optimization"
@@ -163,23 +164,6 @@ def _ce_loss(model: nn.Layer) -> Callable:
         return losses.softmax_cross_entropy(model.apply(params, x)[0], y)
 
     return loss
-
-
-def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, logy=False, title=None):
-    """A small labelled line plot of ``ys[label]`` against ``x``; returns the figure path."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    for label, y in ys.items():
-        ax.plot(x, y, "o-", ms=3, label=label)
-    ax.set_xscale("log" if logx else "linear")
-    ax.set_yscale("log" if logy else "linear")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return ctx.save_figure(fig, name)
 
 
 # --- initialisation -------------------------------------------------------------------------------
@@ -550,7 +534,7 @@ def width_underfit(ctx, dataset="digits", widths=None):
     underfit = [w for w, a in zip(widths, acc) if a < acc[-1] - 0.05]
     rho = float(np.corrcoef(np.argsort(np.argsort(widths)), np.argsort(np.argsort(loss)))[0, 1])
     verdict = HOLDS if underfit and rho < -0.8 else CAVEAT if underfit else FAILS
-    figure = _plot_lines(ctx, f"opt_width_{dataset}", widths,
+    figure = plot_lines(ctx, f"opt_width_{dataset}", widths,
                          {"training accuracy": acc, "test accuracy": r["test_accuracy"]},
                          xlabel="hidden units", ylabel="accuracy", logx=True,
                          title=f"{dataset}, one tanh layer, {epochs} epochs")
@@ -673,7 +657,7 @@ def depth_resnet(ctx, depths=None, activation="tanh", width=32, lr=0.05):
     resid_ok = np.isfinite(resid[-1]) and resid[-1] <= 1.5 * resid.min()
     verdict = HOLDS if plain_hurt and resid_ok else CAVEAT if plain_hurt else FAILS
     shown = lambda a: np.where(np.isfinite(a), a, np.nan)  # noqa: E731
-    figure = _plot_lines(ctx, f"opt_depth_resnet_{activation}", depths,
+    figure = plot_lines(ctx, f"opt_depth_resnet_{activation}", depths,
                          {"plain": shown(plain), "residual": shown(resid)},
                          xlabel="hidden blocks", ylabel=f"training loss, epoch {epochs}",
                          logx=True, logy=True, title=f"digits, {activation}, width {width}")
@@ -757,7 +741,7 @@ def restarts(ctx, hidden=(4,), restarts_count=None):
     gain = (expected[0] - expected[k4]) / expected[0]
     corr = float(np.corrcoef(val, test)[0, 1])
     verdict = HOLDS if gain > 0.02 else FAILS
-    figure = _plot_lines(ctx, "opt_restarts", ks, {"best of k by validation": expected,
+    figure = plot_lines(ctx, "opt_restarts", ks, {"best of k by validation": expected,
                                                    "best of k by test (oracle)": [
                                                        _best_of_k(test, test, k) for k in ks]},
                          xlabel="restarts k", ylabel="test cross-entropy", logx=True,
@@ -954,7 +938,7 @@ def momentum_effective_lr(ctx, optimizer="heavy_ball", betas=(0.0, 0.5, 0.9, 0.9
     gap_lr = abs(np.log(final[0] / final[1]))
     real_ok = gap_eff < gap_lr
     verdict = HOLDS if constant_ok and real_ok else CAVEAT if constant_ok or real_ok else FAILS
-    figure = _plot_lines(ctx, f"opt_momentum_{optimizer}", np.arange(1, epochs + 1),
+    figure = plot_lines(ctx, f"opt_momentum_{optimizer}", np.arange(1, epochs + 1),
                          dict(zip(lanes, hist["loss"])), xlabel="epoch", ylabel="training loss",
                          logy=True, title=f"digits, 64-32-10 tanh, {optimizer}")
     return Finding(
@@ -1302,7 +1286,7 @@ def batch_variance(ctx, sampling="random"):
     ratio = errors / predicted
     matches = bool(np.all(np.abs(ratio - 1) < 0.25))
     verdict = HOLDS if -1.15 < slope < -0.85 and matches else CAVEAT if slope < -0.3 else FAILS
-    figure = _plot_lines(ctx, f"opt_batch_variance_{sampling}", sizes,
+    figure = plot_lines(ctx, f"opt_batch_variance_{sampling}", sizes,
                          {"measured E|g_B - G|^2": errors,
                           "tr(Sigma)/B (n-B)/(n-1)": predicted},
                          xlabel="batch size B", ylabel="gradient variance", logx=True, logy=True,
@@ -1358,7 +1342,7 @@ def batch_phase(ctx, lr=0.1):
     scale = np.concatenate([first["noise_scale"], hist["noise_scale"][0]])
     growth = float(scale[-1] / scale[0])
     verdict = HOLDS if growth > 4 else FAILS
-    figure = _plot_lines(ctx, "opt_batch_phase", np.arange(epochs + 1),
+    figure = plot_lines(ctx, "opt_batch_phase", np.arange(epochs + 1),
                          {"tr(Sigma) / |G|^2": scale}, xlabel="epoch",
                          ylabel="gradient noise scale (examples)", logy=True,
                          title=f"digits, 64-32-10 tanh, SGD lr {lr}, batch 32")
@@ -1625,7 +1609,7 @@ def batch_second_order(ctx, sizes=None, damping=1e-3, ridge=1e-2):
     ratios = [nw / gr for nw, gr in zip(errors["newton_step"], errors["gradient"])]
     worse = float(np.median(ratios)) > 1.2
     verdict = HOLDS if shrink and worse else CAVEAT if shrink else FAILS
-    figure = _plot_lines(ctx, "opt_batch_second_order", sizes, errors, xlabel="batch size B",
+    figure = plot_lines(ctx, "opt_batch_second_order", sizes, errors, xlabel="batch size B",
                          ylabel="mean relative error", logx=True, logy=True,
                          title="breast_cancer logistic regression, at w*/2")
     return Finding(
@@ -1995,7 +1979,7 @@ def bottleneck(ctx, dataset="digits", widths=None, outer=64):
     flops = [[d * outer, outer * w, w * outer, outer * ds.num_classes] for w in widths]
     verdict = (HOLDS if len(hurt) == len(widths) - 1 else CAVEAT if hurt else FAILS)
     harmless = [w for w in widths[:-1] if w not in hurt]
-    figure = _plot_lines(ctx, f"opt_bottleneck_{dataset}", widths,
+    figure = plot_lines(ctx, f"opt_bottleneck_{dataset}", widths,
                          {"training loss": train}, xlabel="bottleneck width h", logx=True,
                          logy=True, ylabel=f"training loss, epoch {epochs}",
                          title=f"{dataset}, {d}-{outer}-h-{outer}-{ds.num_classes} tanh")

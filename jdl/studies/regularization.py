@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 from jdl import adversarial, data, losses, metrics, models, nn, regularize
 from jdl import train as jt
-from jdl.studies.common import fast_jit
+from jdl.studies.common import fast_jit, plot_lines
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, Finding, study
 
 SECTION = "Regularization"
@@ -110,24 +110,6 @@ def _scorer(model: nn.Layer) -> Callable:
                 jax.vmap(lambda lg: losses.softmax_cross_entropy(lg, y))(logits))
 
     return score
-
-
-def _plot_lines(ctx, name, x, ys: dict, *, xlabel, ylabel, logx=False, title=None) -> str:
-    """A small labelled line plot of ``ys[label]`` against ``x``; returns the figure path."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    for label, y in ys.items():
-        ax.plot(x, y, "o-", ms=3, label=label)
-    positive = [v for v in x if v > 0]
-    if logx and positive:  # a zero (no penalty) stays on a linear stretch
-        ax.set_xscale("symlog", linthresh=min(positive)) if min(x) <= 0 else ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return ctx.save_figure(fig, name)
 
 
 def _verdict(main_ok: bool, all_ok: bool) -> str:
@@ -346,7 +328,7 @@ def finite_data(ctx, shuffle_labels=False):
     fits_sample = bool(train_err[0] <= 0.02)
     main_ok = gain >= 0.1 and fits_sample
     verdict = _verdict(main_ok, monotone)
-    figure = _plot_lines(ctx, "reg_finite_data", list(sizes),
+    figure = plot_lines(ctx, "reg_finite_data", list(sizes),
                          {"test error": test_err.tolist(), "training error": train_err.tolist(),
                           "ensemble mutual information (nats)": mi.tolist()},
                          xlabel="training examples", ylabel="error / nats", logx=True,
@@ -885,7 +867,7 @@ def early_stopping(ctx, n_train=None, hidden=(256, 256), epochs=None, lr=1e-3):
     acc_change = r[8] - r[7]
     verdict = (HOLDS if overfit and loss_gain >= 0.05 and acc_change >= -0.01 else
                CAVEAT if overfit and loss_gain >= 0.05 or not overfit else FAILS)
-    figure = _plot_lines(ctx, "reg_early_stopping", list(range(1, epochs + 1)),
+    figure = plot_lines(ctx, "reg_early_stopping", list(range(1, epochs + 1)),
                          {f"validation loss, seed {i}": c.tolist() for i, c in
                           enumerate(curves)}, xlabel="epoch", ylabel="cross-entropy",
                          title=f"{n_train} training digits, MLP {hidden}")
@@ -933,7 +915,7 @@ def weight_decay(ctx, rates=None):
     cost = acc[zero] - acc[top]
     main_ok = to_zero and selective
     verdict = _verdict(main_ok, cost <= 0.03)
-    figure = _plot_lines(ctx, "reg_weight_decay", list(rates),
+    figure = plot_lines(ctx, "reg_weight_decay", list(rates),
                          {"useless (noise) inputs": noise, "informative pixels": informative},
                          xlabel="L2 rate", ylabel="mean |w| / mean |w| at init", logx=True,
                          title="first-layer weights after training")
@@ -1011,7 +993,7 @@ def weight_norm_bound(ctx, norms=("spectral", "frobenius")):
     by_rate_measured = _by_rate(measured, sweep)
     first = norms[0]
     looseness = [b / m for b, m in zip(by_rate_bound[first], by_rate_measured)]
-    figure = _plot_lines(ctx, "reg_weight_norm_bound", list(rates),
+    figure = plot_lines(ctx, "reg_weight_norm_bound", list(rates),
                          {**{f"{n} bound": v for n, v in by_rate_bound.items()},
                           "largest measured ||df/dx||": by_rate_measured},
                          xlabel="L2 rate", ylabel="input-gradient norm", logx=True,
@@ -1345,7 +1327,7 @@ def transfer(ctx, targets=("rotated_30", "new_classes", "inverted"), shots=5):
     negative = min(worst.values()) <= -0.03
     overfits = max(over.values()) >= 0.02
     verdict = _verdict(helps, negative and overfits)
-    figure = _plot_lines(
+    figure = plot_lines(
         ctx, "reg_transfer", list(range(1, len(history["loss"]) + 1)),
         {f"{v} on {t}": history[f"val_{v}:{t}"].tolist() for t in targets[:2]
          for v in TRANSFER_VARIANTS}, xlabel="fine-tuning epoch",
@@ -1463,7 +1445,7 @@ def _robust_table(ctx, epsilons) -> tuple[dict, dict]:
 
 def _robust_figure(ctx, name, pgd, variants, title) -> str:
     eps = list(pgd)
-    return _plot_lines(ctx, name, [0.0] + eps,
+    return plot_lines(ctx, name, [0.0] + eps,
                        {v: [pgd[eps[0]][v]["clean"]] + [pgd[e][v]["robust"] for e in eps]
                         for v in variants},
                        xlabel="L-inf radius epsilon", ylabel="PGD-20 robust test accuracy",
