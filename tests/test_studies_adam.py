@@ -6,6 +6,7 @@ import pytest
 from jdl import studies
 from jdl.studies import adam
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS
+from study_checks import well_formed
 
 # the verdict each study reaches on the notes' claim in tiny mode
 EXPECTED = {
@@ -19,8 +20,7 @@ EXPECTED = {
 def test_runs_tiny_with_expected_verdict(study_id, ctx):
     finding = studies.load_all()[study_id].fn(ctx)
     assert finding.verdict == EXPECTED[study_id], finding.summary
-    for fig in finding.figures:
-        assert (ctx.out_dir / fig).stat().st_size > 0
+    well_formed(finding, ctx)
 
 
 def test_update_rules_match_their_papers(ctx):

@@ -9,17 +9,15 @@ from jax.flatten_util import ravel_pytree
 from jdl import studies
 from jdl.studies import conditioning as cond
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS
+from study_checks import well_formed
 
 IDS = ["opt.ill-conditioned-lr", "opt.best-lr", "opt.center-data", "opt.whiten-data",
        "opt.centered-activations", "opt.equal-width", "opt.batchnorm", "opt.skip-connections"]
 
 
 def _check(finding, ctx):
-    assert finding.verdict in studies.VERDICTS
     assert finding.figures
-    for fig in finding.figures:
-        assert (ctx.out_dir / fig).stat().st_size > 0
-    return finding
+    return well_formed(finding, ctx)
 
 
 def test_registered_in_their_section():

@@ -5,6 +5,7 @@ import pytest
 from jdl import studies
 from jdl.studies import losses as ls
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS
+from study_checks import well_formed
 
 # the verdict each study reaches on the notes' claim in tiny mode
 EXPECTED = {
@@ -18,8 +19,7 @@ EXPECTED = {
 def test_runs_tiny_with_expected_verdict(study_id, ctx):
     finding = studies.load_all()[study_id].fn(ctx)
     assert finding.verdict == EXPECTED[study_id], finding.summary
-    for fig in finding.figures:
-        assert (ctx.out_dir / fig).stat().st_size > 0
+    well_formed(finding, ctx)
 
 
 def test_logloss_is_not_cross_entropy_of_probabilities(ctx):

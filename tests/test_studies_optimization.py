@@ -17,6 +17,7 @@ from jdl import data, studies
 from jdl import train as jt
 from jdl.studies import optimization as opt
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE
+from study_checks import well_formed
 
 IDS = ["opt.symmetry", "opt.zero-init", "opt.init-scale", "opt.width-underfit", "opt.model-size",
        "opt.depth-resnet", "opt.restarts", "opt.lr-decay-escape", "opt.momentum-effective-lr",
@@ -24,13 +25,6 @@ IDS = ["opt.symmetry", "opt.zero-init", "opt.init-scale", "opt.width-underfit", 
        "opt.batch-diversity", "opt.batch-regularise", "opt.batch-second-order",
        "opt.data-parallel", "opt.model-parallel", "opt.bottleneck", "opt.local-connectivity",
        "opt.batch-memory", "opt.random-batches", "opt.parallel-layerwise"]
-
-
-def _check(finding, ctx):
-    assert finding.verdict in studies.VERDICTS
-    for fig in finding.figures:
-        assert (ctx.out_dir / fig).stat().st_size > 0
-    return finding
 
 
 def test_every_id_is_registered():
@@ -76,14 +70,14 @@ def test_train_lanes_reports_divergence():
 
 
 def test_symmetry_holds_and_dropout_breaks_it(ctx):
-    finding = _check(opt.symmetry(ctx), ctx)
+    finding = well_formed(opt.symmetry(ctx), ctx)
     assert finding.verdict == HOLDS
     assert finding.numbers["spread_trained"][0] == 0.0 and finding.numbers["hidden_rank"][0] == 1
     assert opt.symmetry(ctx, dropout=0.5).verdict != HOLDS
 
 
 def test_zero_init_stuck_with_hidden_layers_only(ctx):
-    finding = _check(opt.zero_init(ctx), ctx)
+    finding = well_formed(opt.zero_init(ctx), ctx)
     for act in ("tanh", "relu"):
         assert finding.numbers["per_activation"][act]["hidden_weight_l1_zero"] == 0.0
         assert finding.numbers["per_activation"][act]["stuck"]
@@ -92,7 +86,7 @@ def test_zero_init_stuck_with_hidden_layers_only(ctx):
 
 
 def test_init_scale_saturates_tanh_not_relu(ctx):
-    finding = _check(opt.init_scale(ctx), ctx)
+    finding = well_formed(opt.init_scale(ctx), ctx)
     assert finding.verdict == HOLDS
     relu = opt.init_scale(ctx, activation="relu")
     assert relu.verdict == CAVEAT  # large scales still hurt, but nothing saturates more
@@ -100,17 +94,17 @@ def test_init_scale_saturates_tanh_not_relu(ctx):
 
 
 def test_width_underfit_flips_when_every_width_suffices(ctx):
-    assert _check(opt.width_underfit(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.width_underfit(ctx), ctx).verdict == HOLDS
     assert opt.width_underfit(ctx, widths=(16, 128)).verdict == FAILS
 
 
 def test_model_size_caveat_and_flip_when_widest_is_needed(ctx):
-    assert _check(opt.model_size(ctx), ctx).verdict == CAVEAT
+    assert well_formed(opt.model_size(ctx), ctx).verdict == CAVEAT
     assert opt.model_size(ctx, widths=(1, 2, 4)).verdict == FAILS
 
 
 def test_depth_resnet_flips_for_shallow_nets(ctx):
-    finding = _check(opt.depth_resnet(ctx), ctx)
+    finding = well_formed(opt.depth_resnet(ctx), ctx)
     assert finding.verdict == HOLDS
     assert opt.depth_resnet(ctx, depths=(1, 2)).verdict == FAILS
 
@@ -129,12 +123,12 @@ def test_best_of_k_is_exact_over_subsets():
 
 
 def test_restarts_help_nonconvex_not_convex(ctx):
-    assert _check(opt.restarts(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.restarts(ctx), ctx).verdict == HOLDS
     assert opt.restarts(ctx, hidden=()).verdict == FAILS
 
 
 def test_lr_decay_escape_caveat_and_wide_minimum(ctx):
-    finding = _check(opt.lr_decay_escape(ctx), ctx)
+    finding = well_formed(opt.lr_decay_escape(ctx), ctx)
     assert finding.verdict == CAVEAT
     escaped = dict(zip(finding.numbers["schedules"], finding.numbers["escaped_fraction"]))
     assert escaped["constant small"] == 0.0 and escaped["decay large->small"] == 1.0
@@ -142,19 +136,19 @@ def test_lr_decay_escape_caveat_and_wide_minimum(ctx):
 
 
 def test_momentum_effective_lr_sgd_not_adam(ctx):
-    finding = _check(opt.momentum_effective_lr(ctx), ctx)
+    finding = well_formed(opt.momentum_effective_lr(ctx), ctx)
     assert finding.verdict == HOLDS
     assert finding.numbers["max_relative_error_transient"] < 1e-3
     assert opt.momentum_effective_lr(ctx, optimizer="adam").verdict == FAILS
 
 
 def test_sgd_phases_flip_without_gradient_noise(ctx):
-    assert _check(opt.sgd_phases(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.sgd_phases(ctx), ctx).verdict == HOLDS
     assert opt.sgd_phases(ctx, batch_size=265).verdict == FAILS
 
 
 def test_robbins_monro_rule_and_a_too_slow_decay(ctx):
-    finding = _check(opt.robbins_monro(ctx), ctx)
+    finding = well_formed(opt.robbins_monro(ctx), ctx)
     assert finding.verdict == HOLDS
     assert finding.numbers["converging"]["a/(b+t)"]
     assert not finding.numbers["converging"]["exponential"]
@@ -168,22 +162,22 @@ def test_robbins_monro_rule_and_a_too_slow_decay(ctx):
 
 
 def test_batch_variance_needs_random_batches(ctx):
-    assert _check(opt.batch_variance(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.batch_variance(ctx), ctx).verdict == HOLDS
     assert opt.batch_variance(ctx, sampling="sorted").verdict == FAILS
 
 
 def test_batch_phase_needs_training_progress(ctx):
-    assert _check(opt.batch_phase(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.batch_phase(ctx), ctx).verdict == HOLDS
     assert opt.batch_phase(ctx, lr=0.0).verdict == FAILS
 
 
 def test_batch_diversity_flips_without_redundancy(ctx):
-    assert _check(opt.batch_diversity(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.batch_diversity(ctx), ctx).verdict == HOLDS
     assert opt.batch_diversity(ctx, mix=0.0).verdict == FAILS
 
 
 def test_batch_regularise_runs_and_its_rule(ctx):
-    finding = _check(opt.batch_regularise(ctx), ctx)
+    finding = well_formed(opt.batch_regularise(ctx), ctx)
     assert finding.verdict in (HOLDS, FAILS)
     epochs = np.arange(1, 21)
     train = np.stack([1 / epochs, 1 / epochs])
@@ -199,17 +193,17 @@ def test_batch_regularise_runs_and_its_rule(ctx):
 
 
 def test_batch_second_order_flips_when_the_step_is_gradient_like(ctx):
-    assert _check(opt.batch_second_order(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.batch_second_order(ctx), ctx).verdict == HOLDS
     assert opt.batch_second_order(ctx, damping=10.0).verdict == CAVEAT
 
 
 def test_batch_memory_flips_for_equal_widths(ctx):
-    assert _check(opt.batch_memory(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.batch_memory(ctx), ctx).verdict == HOLDS
     assert opt.batch_memory(ctx, widths=(64, 64)).verdict == CAVEAT
 
 
 def test_random_batches_flip_for_full_batches(ctx):
-    assert _check(opt.random_batches(ctx), ctx).verdict == HOLDS
+    assert well_formed(opt.random_batches(ctx), ctx).verdict == HOLDS
     assert opt.random_batches(ctx, batch_size=1078).verdict == FAILS
 
 
@@ -218,13 +212,13 @@ def test_random_batches_flip_for_full_batches(ctx):
 
 def test_data_parallel_needs_synchronised_replicas(ctx):
     assert jax.device_count() >= 4, "conftest provides 4 host devices"
-    finding = _check(opt.data_parallel(ctx), ctx)
+    finding = well_formed(opt.data_parallel(ctx), ctx)
     assert finding.verdict == HOLDS and finding.numbers["where"] == "in process"
     assert opt.data_parallel(ctx, synchronised=False).verdict == FAILS
 
 
 def test_model_parallel_serial_layers_wait_towers_do_not(ctx):
-    finding = _check(opt.model_parallel(ctx), ctx)
+    finding = well_formed(opt.model_parallel(ctx), ctx)
     assert finding.verdict == CAVEAT and finding.numbers["concurrent_stages"] == 1
     assert opt.model_parallel(ctx, kind="towers").verdict == HOLDS
     with pytest.raises(ValueError, match="kind"):
@@ -232,12 +226,12 @@ def test_model_parallel_serial_layers_wait_towers_do_not(ctx):
 
 
 def test_bottleneck_flips_for_a_mild_bottleneck(ctx):
-    assert _check(opt.bottleneck(ctx), ctx).verdict == CAVEAT
+    assert well_formed(opt.bottleneck(ctx), ctx).verdict == CAVEAT
     assert opt.bottleneck(ctx, widths=(32, 64)).verdict == FAILS  # a mild bottleneck
 
 
 def test_local_connectivity_verdict_follows_its_numbers(ctx):
-    finding = _check(opt.local_connectivity(ctx), ctx)
+    finding = well_formed(opt.local_connectivity(ctx), ctx)
     n = finding.numbers
     acc = n["test_accuracy"]
     assert n["fraction"] < 0.25 and n["first_layer_weights"]["local 3x3"] == 1936
@@ -254,6 +248,6 @@ def test_local_mask_counts():
 
 
 def test_parallel_layerwise_is_untestable_with_equal_matrices(ctx):
-    finding = _check(opt.parallel_layerwise(ctx, batch_size=128), ctx)
+    finding = well_formed(opt.parallel_layerwise(ctx, batch_size=128), ctx)
     assert finding.verdict == UNTESTABLE
     assert finding.numbers["relative_difference"] < 1e-5
