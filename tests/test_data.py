@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from jdl import data
 
@@ -54,6 +55,8 @@ def test_diabetes_is_raw_regression():
     (lambda: data.fit_whiten(jnp.ones((5, 2)), method="svd"), "method"),
     (lambda: data.fit_center(jnp.ones(5)), r"shape \(n >= 2"),
     (lambda: data.batch_indices(jax.random.key(0), 10, 11), "batch_size"),
+    (lambda: data.permutation(jax.random.key(0), 0), "1 <= n <= 2"),
+    (lambda: data.permutation(jax.random.key(0), 2.0), "int n"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
@@ -91,6 +94,54 @@ def test_pca_projects_on_the_top_eigenvectors():
     np.testing.assert_allclose(np.var(scores, axis=0), top, rtol=1e-9)
     with pytest.raises(ValueError, match="fit_pca: expected 1 <= components <= 13"):
         data.fit_pca(ds.x_train, 14)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 256, 257, 1078, 70_000])
+def test_permutation_is_a_permutation(n):
+    perm = np.asarray(jax.jit(data.permutation, static_argnums=1)(jax.random.key(n), n))
+    assert perm.dtype == np.int32 and np.array_equal(np.sort(perm), np.arange(n))
+    assert n < 7 or not np.array_equal(perm, np.arange(n))
+
+
+def _chi_square_p(counts: np.ndarray) -> float:
+    """p-value of Pearson's chi-square test of equal expected counts."""
+    return float(stats.chisquare(counts).pvalue)
+
+
+def test_permutation_of_four_is_uniform_over_all_24():
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: data.permutation(k, 4)))(
+        jax.random.split(jax.random.key(0), 48_000)))
+    codes = perms @ 4 ** np.arange(4)
+    counts = np.unique(codes, return_counts=True)[1]
+    assert counts.size == 24 and _chi_square_p(counts) > 1e-3
+
+
+@pytest.mark.parametrize("n,rounds", [(5, 1), (1078, 2), (70_000, 4)])
+def test_permutation_is_stable_sorts_by_the_random_bits(n, rounds):
+    """Each round is a stable argsort of the random bits above the position bits."""
+    key = jax.random.key(3)
+    width = (n - 1).bit_length()
+    expected = np.arange(n)
+    for k in jax.random.split(key, rounds):
+        digits = np.asarray(jax.random.bits(k, (n,), jnp.uint32)) >> width
+        expected = expected[np.argsort(digits, kind="stable")]
+    np.testing.assert_array_equal(data.permutation(key, n), expected)
+
+
+def test_permutation_with_several_sort_rounds_is_uniform():
+    """n = 70,000 needs 17 position bits, so 15 random bits a round and 4 rounds."""
+    n, draws = 70_000, 400
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: data.permutation(k, n)))(
+        jax.random.split(jax.random.key(1), draws)))
+    # where element 0 and the last element land: uniform over 20 bins of positions
+    for element in (0, n - 1):
+        where = np.argmax(perms == element, axis=1)
+        assert _chi_square_p(np.bincount(where * 20 // n, minlength=20)) > 1e-3
+    # neighbours in the input are independent in the output: the order of 0 and 1
+    # is a fair coin, and the first position holds any element (20 bins)
+    first_before = np.mean(np.argmax(perms == 0, axis=1) < np.argmax(perms == 1, axis=1))
+    assert abs(first_before - 0.5) < 4 * 0.5 / np.sqrt(draws)
+    assert _chi_square_p(np.bincount(perms[:, 0] * 20 // n, minlength=20)) > 1e-3
 
 
 @pytest.mark.parametrize("n,b,drop_last", [(10, 3, True), (10, 3, False), (12, 4, True)])

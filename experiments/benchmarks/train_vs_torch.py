@@ -21,9 +21,9 @@ Measured:
 PyTorch runs with ``torch.set_num_threads(1)`` by default (``--torch-threads 1
 2`` tries both; the ratio uses the faster: on this shared 2-core machine two
 threads were up to 30x slower). The CPU is shared with other jobs: numbers are
-noisy, so jdl and torch runs are interleaved (same load for both) and the
-median and the best of the repeats are reported; jdl's compile time
-(first call) is reported separately.
+noisy, so jdl and torch runs are interleaved (same load for both; jdl's much
+shorter calls are timed 5 times a turn) and the median and the best of the
+repeats are reported; jdl's compile time (first call) is reported separately.
 
 Run: ``.venv/bin/python experiments/benchmarks/train_vs_torch.py [--quick]``.
 Writes ``experiments/benchmarks/results/train_vs_torch_cpu.json`` (or ``_gpu``).
@@ -52,6 +52,7 @@ from jdl import data, nn  # noqa: E402
 from jdl import train as jt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+PAUSE = 0.05  # seconds between timed calls
 
 
 def jdl_setup(hidden: int):
@@ -115,18 +116,25 @@ def notes_loop(model, X, y, *, lr, batch_size, num_epochs, permutations=None, va
     return loss_log if val is None else (loss_log, val_log)
 
 
-def interleaved_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict, repeats: int, samples: dict | None = None
+                      ) -> dict[str, list[float]]:
     """Wall times of each function, run in turn ``repeats`` times (warm-ups done before).
 
     Interleaving puts jdl and torch under the same background load, which on
-    this shared machine moves by a factor of several within a minute.
+    this shared machine moves by a factor of several within a minute; a short
+    pause before each call keeps one call's tail out of the next one's time.
+    ``samples[name]`` times that function so many times a turn (for calls much
+    shorter than the others, whose single times a brief hiccup would move).
     """
+    samples = samples or {}
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(samples.get(name, 1)):
+                time.sleep(PAUSE)
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -147,7 +155,7 @@ def same_permutation_check(train, loss_fn, params, *, lr, batch_size, epochs=3):
         k_perm, _ = jax.random.split(jax.random.fold_in(key, epoch))
         # jdl permutes the original order every epoch; the notes' loop permutes the
         # already-permuted X, so hand it the relative permutation.
-        perms.append(np.asarray(jax.random.permutation(k_perm, n)))
+        perms.append(np.asarray(data.permutation(k_perm, n)))
     relative, previous = [], np.arange(n)
     for perm in perms:
         inverse = np.argsort(previous)
@@ -208,7 +216,7 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
         notes_loop(torch_model(params), X, Y, lr=lr, batch_size=B, num_epochs=2)
     fns = {"jdl": jdl_run, "jdl_one_call": lambda: jdl_run(E),
            **{f"torch_threads_{t}": (lambda t=t: torch_run(t)) for t in torch_threads}}
-    times = interleaved_times(fns, repeats)
+    times = interleaved_times(fns, repeats, samples={"jdl": 5, "jdl_one_call": 5})
     stats = {name: summary(v, E) for name, v in times.items()}
     best_threads = min(torch_threads, key=lambda t: stats[f"torch_threads_{t}"]["seconds"])
     torch_best = stats[f"torch_threads_{best_threads}"]
@@ -254,7 +262,8 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
                                         val=(X_val, Y_val))[1][-1])
 
     times = interleaved_times({"jdl": jdl_restarts, "jdl_one_device": lambda: jdl_restarts(1),
-                               "torch": torch_restarts}, max(2, repeats // 2))
+                               "torch": torch_restarts}, repeats,
+                             samples={"jdl": 5, "jdl_one_device": 5})
     jdl_stats, torch_stats = summary(times["jdl"], R * E), summary(times["torch"], R * E)
     one_stats = summary(times["jdl_one_device"], R * E)
     out["restarts"] = {
