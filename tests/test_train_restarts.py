@@ -111,3 +111,29 @@ def test_restarts_sharded_over_devices_equal_one_device():
     for bad in (0, 3, 5, 2.0):
         with pytest.raises(ValueError, match="fit_restarts: expected num_devices"):
             run(num_devices=bad)
+
+
+def test_initialiser_compiles_once_and_one_jit_cannot_compile_runs_op_by_op():
+    traces = []
+
+    def counted_init(key):
+        traces.append(1)
+        return init_fn(key)
+
+    keys = jax.random.split(jax.random.key(6), 2)
+    runs = [jt.fit_restarts(loss_fn, counted_init, OPTIMIZER, TRAIN, VAL, keys=keys, epochs=2,
+                            batch_size=16, quiet=True) for _ in range(2)]
+    assert len(traces) == 1  # traced once, inside one compiled program, then reused
+    np.testing.assert_array_equal(runs[0].val_losses, runs[1].val_losses)
+    # a jit with compiler options may not be nested in another jit: vmapped op by op instead
+    fast_init = jax.jit(init_fn, compiler_options={"xla_backend_optimization_level": 0})
+    slow = jt.fit_restarts(loss_fn, fast_init, OPTIMIZER, TRAIN, VAL, keys=keys, epochs=2,
+                           batch_size=16, quiet=True)
+    np.testing.assert_allclose(slow.val_losses, runs[0].val_losses, rtol=1e-12)
+
+    def broken_init(key):
+        raise RuntimeError("broken initialiser")
+
+    with pytest.raises(RuntimeError, match="broken initialiser"):
+        jt.fit_restarts(loss_fn, broken_init, OPTIMIZER, TRAIN, VAL, keys=keys, epochs=2,
+                        batch_size=16, quiet=True)
