@@ -239,7 +239,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     digit first, as in a radix sort); ``rounds * (32 - w) >= 3 w`` bounds the
     chance of any tie, the only departure from uniform, by about ``1 / (2n)``,
     the bound ``jax.random.permutation`` keeps with 32-bit keys. Sorting the
-    words alone is ~2.7x faster on the CPU than ``jax.random.permutation``'s
+    words alone is ~2.6x faster on the CPU than ``jax.random.permutation``'s
     key-value sort (XLA's CPU sort moves the values with a slow comparator).
 
     Args:
@@ -254,9 +254,10 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     width = max(int(n - 1).bit_length(), 1)
     rounds = -(-3 * width // (32 - width))
     low = jnp.uint32((1 << width) - 1)
+    position = jnp.arange(n, dtype=jnp.uint32)
     perm = jnp.arange(n, dtype=jnp.int32)
     for round_key in jax.random.split(key, rounds):
-        words = jax.random.bits(round_key, (n,), jnp.uint32) & ~low | jnp.arange(n, dtype=jnp.uint32)
+        words = jax.random.bits(round_key, (n,), jnp.uint32) & ~low | position
         perm = perm[(jax.lax.sort(words) & low).astype(jnp.int32)]
     return perm
 
