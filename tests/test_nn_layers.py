@@ -163,6 +163,32 @@ def test_float32_stays_float32(layer, shape, train, order, distinct, extra):
     assert dtypes <= {jnp.dtype(jnp.float32)}, dtypes
 
 
+# --- dense: the kernel gradient through a materialised transpose ---------------------------
+
+@pytest.mark.parametrize("shape", [(32, 5), (3, 7, 5), (600, 5)])  # barrier path; plain x @ w
+def test_dense_matmul_derivatives_equal_plain_matmul(shape):
+    from jdl.nn.dense import TRANSPOSED_MAX_ROWS, matmul
+
+    assert (math.prod(shape[:-1]) > TRANSPOSED_MAX_ROWS) == (shape[0] == 600)
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (5, 4))
+    v = jax.random.normal(jax.random.key(2), (5, 4))
+    ours = lambda w, x: jnp.sum(jnp.tanh(matmul(x, w)) ** 2)  # noqa: E731
+    plain = lambda w, x: jnp.sum(jnp.tanh(x @ w) ** 2)  # noqa: E731
+    batch = jnp.stack([x, 2 * x])
+    for derivative, xs in ((jax.grad, x), (lambda f: jax.grad(f, 1), x), (jax.hessian, x),
+                           (lambda f: jax.jacfwd(jax.grad(f, 1), 0), x),
+                           (lambda f: lambda w, x: jax.jvp(lambda u: jax.grad(f)(u, x), (w,),
+                                                           (v,))[1], x),  # forward-over-reverse
+                           (lambda f: jax.jit(jax.grad(f)), x),
+                           (lambda f: jax.vmap(jax.grad(f), (None, 0)), batch)):
+        np.testing.assert_allclose(derivative(ours)(w, xs), derivative(plain)(w, xs),
+                                   rtol=1e-12, atol=1e-12)
+    ints = jnp.arange(3 * 5).reshape(3, 5)  # integer inputs: no tangent for x
+    np.testing.assert_allclose(jax.grad(lambda w: matmul(ints, w).sum())(w),
+                               jnp.broadcast_to(ints.sum(0)[:, None], w.shape))
+
+
 # --- conv2d output sizes -------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, k, s, d", [(7, 3, 1, 1), (8, 3, 2, 1), (9, 2, 3, 1), (10, 3, 2, 2),
