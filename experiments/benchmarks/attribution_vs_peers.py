@@ -13,7 +13,10 @@ forward pass on the same number of rows (the physical limit of the method).
 LRP: a small CNN on the digits images (conv8-relu-maxpool-conv16-relu-
 flatten-dense10) with the same weights, zennit's ``EpsilonGammaBox(0, 1)``
 against ``jdl.attribution.epsilon_gamma_box(0, 1)``: relevances compared in
-float64, throughput (images per second) in float32.
+float64, throughput (images per second) in float32. torch runs its kernels on
+all cores; jdl's small per-image kernels run on one, so jdl is also timed
+with the batch sharded over the cores, each made a JAX device (this script
+sets ``--xla_force_host_platform_device_count`` to the core count).
 
 Run:  .venv/bin/python experiments/benchmarks/attribution_vs_peers.py [--quick]
 Writes experiments/benchmarks/results/attribution_vs_peers_<platform>.json.
@@ -30,7 +33,11 @@ import statistics
 import time
 from pathlib import Path
 
-import jax
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={os.cpu_count()}")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -41,6 +48,7 @@ from jax import lax  # noqa: E402
 from jax.tree_util import Partial  # noqa: E402
 
 from jdl import attribution, data, nn  # noqa: E402
+from jdl.parallel import data_mesh, replicate, shard_batch  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -289,10 +297,16 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
     run_zennit()
     forward = jax.jit(lambda p, v: model.apply(p, v)[0])
     forward(p32, x32).block_until_ready()
+    mesh = data_mesh(max(d for d in range(1, len(jax.devices()) + 1) if batch % d == 0))
+    p_all, x_split = replicate(p32, mesh), shard_batch(x32, mesh)
+    sharded = explain(p_all, x_split).relevance
+    sharded_diff = float(jnp.max(jnp.abs(sharded - explain(p32, x32).relevance)))
     timing = _timed({"jdl": lambda: explain(p32, x32).relevance.block_until_ready(),
+                     "jdl_sharded": lambda: explain(p_all, x_split).relevance.block_until_ready(),
                      "zennit": run_zennit,
                      "forward": lambda: forward(p32, x32).block_until_ready()}, repeats)
-    jdl_seconds, zennit_seconds, forward_seconds = (timing[k] for k in ("jdl", "zennit", "forward"))
+    jdl_seconds, sharded_seconds, zennit_seconds, forward_seconds = (
+        timing[k] for k in ("jdl", "jdl_sharded", "zennit", "forward"))
     return {
         "model": "CNN conv8-relu-maxpool-conv16-relu-flatten-dense10 on 8x8 digits",
         "composite": "EpsilonGammaBox(low=0, high=1): z^B first conv, gamma 0.25 conv, "
@@ -300,10 +314,17 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
         "float64_max_abs_difference": max_abs_diff, "float64_max_abs_relevance": scale,
         "float64_relative_difference": max_abs_diff / scale,
         "batch": batch,
+        "devices_sharded": mesh.devices.size,
+        "sharded_max_abs_difference_float32": sharded_diff,
         "images_per_second": {"jdl": _rates(batch, jdl_seconds),
+                              f"jdl_sharded_over_{mesh.devices.size}_devices":
+                                  _rates(batch, sharded_seconds),
                               "zennit": _rates(batch, zennit_seconds),
                               "jdl_forward_only": _rates(batch, forward_seconds)},
-        "ratios": {f"jdl_over_zennit_{c}": zennit_seconds[c] / jdl_seconds[c] for c in CLOCKS},
+        "ratios": {**{f"jdl_over_zennit_{c}": zennit_seconds[c] / jdl_seconds[c]
+                      for c in CLOCKS},
+                   **{f"jdl_sharded_over_zennit_{c}": zennit_seconds[c] / sharded_seconds[c]
+                      for c in CLOCKS}},
     }
 
 
