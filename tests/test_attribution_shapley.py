@@ -261,3 +261,13 @@ def test_rows_per_model_call_stay_within_max_rows(method, n, m, max_rows):
     reference = shapley(lambda r: jnp.tanh(r).sum(1), x, background, key=KEY, method=method,
                         num_permutations=8)
     np.testing.assert_allclose(result.values, reference.values, atol=1e-12)
+
+
+@pytest.mark.parametrize("g", [2, 10, 70])  # pairwise counts up to 64 players, a sort above
+def test_random_ranks_are_the_ranks_of_the_keys_random_bits(g):
+    from jdl.attribution.shapley import _random_ranks
+
+    key = jax.random.key(7)
+    ranks = np.asarray(_random_ranks(key, (3, 5, g)))
+    bits = np.asarray(jax.random.bits(key, (3, 5, g), jnp.uint32))
+    np.testing.assert_array_equal(ranks, np.argsort(np.argsort(bits, -1, kind="stable"), -1))

@@ -362,7 +362,9 @@ def _random_ranks(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     than a sort on CPU.
     """
     g = shape[-1]
-    noise = jax.random.bits(key, shape, jnp.uint32)
+    # the same bits as ``bits(key, shape)``, drawn flat: XLA's CPU threefry over a
+    # short minor axis (g) vectorises badly, ~4x slower
+    noise = jax.random.bits(key, (math.prod(shape),), jnp.uint32).reshape(shape)
     if g > 64:
         return jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
     index = jnp.arange(g)
@@ -381,7 +383,7 @@ def _permutation(x, background, f, groups, key, prediction, base, *, num_groups,
         ranks = jnp.stack([ranks, g - 1 - ranks], axis=2).reshape(n, p, g)
     # coalition u = (permutation u // (g-1), the first u % (g-1) + 1 players of it)
     plan = _plan(n, background.shape[0], p * (g - 1), max_rows, align=g - 1)
-    positions = jnp.arange(1, g)
+    positions = jnp.arange(1, g, dtype=ranks.dtype)
     if plan.per_call % (g - 1) == 0:                 # whole permutations per call: slices
         q = plan.per_call // (g - 1)
 
