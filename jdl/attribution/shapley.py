@@ -70,7 +70,7 @@ class ShapleyValues(NamedTuple):
 def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
             num_permutations: int = 64, antithetic: bool = True,
             method: str = "permutation", groups=None, num_samples: int | None = None,
-            max_rows: int = 16384) -> ShapleyValues:
+            max_rows: int = 32768) -> ShapleyValues:
     """Shapley values of ``f`` at ``x`` against a reference or a background set.
 
     Args:
