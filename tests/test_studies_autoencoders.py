@@ -99,3 +99,8 @@ def test_unet_flips_without_skips(ctx):
     same = ae.unet_skips(ctx, skips=False)
     assert same.verdict == FAILS
     assert same.numbers["error_ratio"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_denoising_needs_two_runs(ctx):
+    with pytest.raises(ValueError, match="ae.denoising: expected runs >= 2"):
+        ae.denoising(ctx, runs=1)

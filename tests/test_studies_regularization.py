@@ -168,3 +168,8 @@ def test_mixed_norm_bound_constant_is_tight(ctx):
     assert finding.verdict == HOLDS
     assert abs(finding.numbers["equal_row_ratio"] - 1.0) < 1e-12
     assert rg.mixed_norm_bound(ctx, h_offset=-1).verdict == FAILS
+
+
+def test_dropout_needs_two_seeds(ctx):
+    with pytest.raises(ValueError, match="reg.dropout: expected seeds >= 2"):
+        rg.dropout(ctx, seeds=1)

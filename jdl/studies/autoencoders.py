@@ -406,6 +406,8 @@ def denoising(ctx, noise=NOTES_NOISE, test_noise=NOTES_NOISE, invariant_ratio=0.
     """
     seed, epochs = ctx.seed, _epochs(ctx)
     runs = runs or ctx.pick(3, 6, 8)
+    if runs < 2:
+        raise ValueError(f"ae.denoising: expected runs >= 2 (a standard error), got {runs}")
     ds = _digits(seed)
     key = ctx.key("ae.denoising")
     k_noise, k_pairs = jax.random.split(key)

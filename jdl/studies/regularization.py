@@ -1101,6 +1101,8 @@ def dropout(ctx, rate=0.5, hidden=(256, 256), n_train=None, epochs=None, seeds=N
     key = ctx.key("reg.dropout")
     n_train = n_train or ctx.pick(200, 200, 300)
     seeds = seeds or ctx.pick(4, 8, 16)
+    if seeds < 2:
+        raise ValueError(f"reg.dropout: expected seeds >= 2 (a standard error), got {seeds}")
     arms = {"plain": _mlp(hidden), "dropout": _mlp(hidden, dropout=rate)}
 
     def fn(params, state, batch, step_key, train):
