@@ -193,7 +193,7 @@ def best_classification(ctx, settings=None, noise=0.4, early_stopping=True, step
                                     ("breast_cancer", "digits", "digits_noisy"))
     key = ctx.key("loss.best-classification")
     rng = _rng(ctx, "loss.best-classification")
-    steps, seeds = steps or ctx.pick(200, 400, 1000), ctx.pick(2, 3, 8)
+    steps, seeds = steps or ctx.pick(400, 400, 1000), ctx.pick(3, 3, 8)
     checkpoints = ctx.pick(8, 16, 20)
     results, runners = {}, {}
     for name in settings:

@@ -518,7 +518,7 @@ def _width_sweep(mode: str, seed: int, dataset: str, widths: tuple[int, ...], se
 
 
 def _widths(ctx):
-    return ctx.pick((1, 16, 128), (1, 2, 4, 8, 16, 32, 64, 256),
+    return ctx.pick((1, 32, 256), (1, 2, 4, 8, 16, 32, 64, 256),
                     (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 
 
@@ -1077,9 +1077,13 @@ def sgd_phases(ctx, batch_size=8):
                                epochs=epochs, seeds=seeds, record_coherence=True)
     excess = hist["excess"].reshape(2, seeds, epochs + 1).mean(1)
     coherence = hist["coherence"].reshape(2, seeds, epochs + 1).mean(1)[0]
-    half = epochs // 2
+    half, window = epochs // 2, max(2, epochs // 5)
     first_ok, late_noise = coherence[0] > 0.25, coherence[-1] < 0.1
-    plateau = excess[0, -1] > 0.5 * excess[0, half]
+    # a stall: the last fifth's mean excess stays above half the fifth's around mid-run
+    # (means over a fifth, as the constant-rate excess jitters from epoch to epoch)
+    late = float(excess[0, -window:].mean())
+    mid = float(excess[0, half - window // 2: half - window // 2 + window].mean())
+    plateau = late > 0.5 * mid
     decay_wins = excess[1, -1] < excess[0, -1] / 3
     verdict = (HOLDS if first_ok and late_noise and plateau and decay_wins else
                CAVEAT if decay_wins or (first_ok and late_noise) else FAILS)
@@ -1100,8 +1104,8 @@ def sgd_phases(ctx, batch_size=8):
     return Finding(
         verdict=verdict,
         summary=f"gradient coherence {coherence[0]:.2f} at the start -> {coherence[-1]:.3f} at "
-                f"the end; excess loss with constant lr {excess[0, half]:.2e} (epoch {half}) -> "
-                f"{excess[0, -1]:.2e}, with 1/t decay {excess[1, -1]:.2e}",
+                f"the end; excess loss with constant lr {mid:.2e} (around epoch {half}) -> "
+                f"{late:.2e} (last {window} epochs), with 1/t decay {excess[1, -1]:.2e}",
         method=f"diabetes (PCA-whitened inputs, standardised target), linear model, MSE, exact "
                f"least-squares optimum {f_star:.4f}; SGD from weights ~ N(0, 5^2) (far from it), "
                f"batch {batch_size}, {epochs} epochs, {seeds} seeds: constant {lr0} against "
@@ -1112,7 +1116,8 @@ def sgd_phases(ctx, batch_size=8):
                  "excess_decay": excess[1].tolist(), "f_star": f_star},
         threshold="holds if coherence > 0.25 at the start and < 0.1 at the end (over 90% of "
                   "a minibatch gradient's square norm is noise: the two phases), "
-                  "the constant rate stalls (final excess > half that at mid-run) and the decay "
+                  "the constant rate stalls (mean excess over the last fifth of the epochs > half "
+                  "that over the fifth around mid-run) and the decay "
                   "ends > 3x lower; caveat if only the phases or only the decay's gain show",
         caveat="" if verdict == HOLDS else
         ("Without gradient noise (full batch) there is no phase 2: a constant rate converges "
@@ -2094,9 +2099,14 @@ def local_connectivity(ctx, channels=4, radius=1):
 @study("opt.batch-memory", SECTION,
        "Batch-size heavily depends on the size of blocks in our architecture; do we have a big "
        "enough machine to handle this large of a batch?")
-def batch_memory(ctx, widths=(64, 256), sizes=(64, 256, 1024), budget_gib=1.0):
+def batch_memory(ctx, widths=(64, 256), sizes=(1024, 4096, 16384), budget_gib=1.0):
     """Compiled memory of one training step against batch size and layer width (XLA's own
-    memory analysis of ``jdl.train.train_step``), and the largest batch a budget allows."""
+    memory analysis of ``jdl.train.train_step``), and the largest batch a budget allows.
+
+    Large batches, the claim's concern: up to ``jdl.nn.dense.TRANSPOSED_MAX_ROWS``
+    (512) rows a CPU step also keeps each layer input transposed (a faster kernel
+    gradient), so memory per example is higher below that size than above it.
+    """
     memory = np.zeros((len(widths), len(sizes)))
     for i, width in enumerate(widths):
         model = _mlp((width, width), "tanh", 10)
@@ -2131,7 +2141,8 @@ def batch_memory(ctx, widths=(64, 256), sizes=(64, 256, 1024), budget_gib=1.0):
         method=f"64-w-w-10 tanh MLP (float32), one jdl.train.train_step compiled for batch "
                f"sizes {list(sizes)} and widths {list(widths)}; XLA's memory analysis "
                "(temporaries + arguments) of each; a linear fit in the batch size gives the "
-               "memory per example, and the largest batch that fits the budget.",
+               "memory per example, and the largest batch that fits the budget (batches above "
+               "512 rows, where nn.dense keeps no transposed copy of its input).",
         numbers={"widths": list(widths), "batch_sizes": list(sizes),
                  "bytes": memory.tolist(), "bytes_per_example": slopes, "linear_fit_r2": r2,
                  "fixed_bytes": intercepts, "largest_batch_in_budget": largest,
