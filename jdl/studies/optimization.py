@@ -26,6 +26,7 @@ import numpy as np
 
 from jdl import data, losses, metrics, nn
 from jdl import train as jt
+from jdl.nn.dense import TRANSPOSED_MAX_ROWS
 from jdl.studies.common import plot_lines
 from jdl.studies.registry import CAVEAT, FAILS, HOLDS, UNTESTABLE, Finding, study
 
@@ -2142,7 +2143,8 @@ def batch_memory(ctx, widths=(64, 256), sizes=(1024, 4096, 16384), budget_gib=1.
                f"sizes {list(sizes)} and widths {list(widths)}; XLA's memory analysis "
                "(temporaries + arguments) of each; a linear fit in the batch size gives the "
                "memory per example, and the largest batch that fits the budget (batches above "
-               "512 rows, where nn.dense keeps no transposed copy of its input).",
+               f"{TRANSPOSED_MAX_ROWS} rows, where nn.dense keeps no transposed copy of its "
+               "input).",
         numbers={"widths": list(widths), "batch_sizes": list(sizes),
                  "bytes": memory.tolist(), "bytes_per_example": slopes, "linear_fit_r2": r2,
                  "fixed_bytes": intercepts, "largest_batch_in_budget": largest,
