@@ -10,7 +10,7 @@ from jax.custom_derivatives import SymbolicZero
 from jdl.nn import initializers
 from jdl.nn.core import Layer, check_last_dim, default_dtype
 
-TRANSPOSED_MAX_ROWS = 512
+TRANSPOSED_MAX_ROWS = 128
 
 
 def _input_times(x: jax.Array, w_dot: jax.Array) -> jax.Array:
@@ -18,12 +18,13 @@ def _input_times(x: jax.Array, w_dot: jax.Array) -> jax.Array:
 
     Reverse mode turns ``x @ w_dot`` into ``x^T g`` contracted over the rows,
     a layout XLA's CPU backend runs as a generic dot, ~1.7x slower than a
-    plain matmul for a batch of up to a few hundred rows (2x under vmap, as
+    plain matmul for batches of tens to hundreds of rows (2x under vmap, as
     in restarts). Written against a materialised ``x^T`` (the optimisation
     barrier keeps XLA from folding the transpose back into the dot), the
     gradient becomes the plain ``x^T @ g``. Forward mode pays instead (a
-    Hessian-vector product at 512 rows took ~24% longer), so other backends,
-    and more rows, keep ``x @ w_dot``.
+    Hessian-vector product at 512 rows took ~24% longer, at 64 rows ~5%), so
+    other backends, and batches over ``TRANSPOSED_MAX_ROWS`` rows, keep
+    ``x @ w_dot``.
     """
     rows = x.size // x.shape[-1]
     if rows > TRANSPOSED_MAX_ROWS or jax.default_backend() != "cpu":

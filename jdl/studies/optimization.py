@@ -2105,7 +2105,7 @@ def batch_memory(ctx, widths=(64, 256), sizes=(1024, 4096, 16384), budget_gib=1.
     memory analysis of ``jdl.train.train_step``), and the largest batch a budget allows.
 
     Large batches, the claim's concern: up to ``jdl.nn.dense.TRANSPOSED_MAX_ROWS``
-    (512) rows a CPU step also keeps each layer input transposed (a faster kernel
+    (128) rows a CPU step also keeps each layer input transposed (a faster kernel
     gradient), so memory per example is higher below that size than above it.
     """
     memory = np.zeros((len(widths), len(sizes)))
