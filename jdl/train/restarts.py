@@ -92,24 +92,46 @@ def _start_fn(init_fn: Callable, optimizer: optax.GradientTransformation,
     return start
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled_starts(*setup) -> Callable:
-    """``starts(keys) -> Run`` as one program, cached on ``setup`` (compared by identity)."""
-    return jax.jit(jax.vmap(_start_fn(*setup)))
+class _Starts:
+    """Every restart's epoch-0 carry for one setup (initialiser, optimiser, ...).
+
+    The first use runs the initialiser op by op (5-10 ms for a small MLP;
+    compiling it costs ~1.5 s, too much for a setup used once); a setup used
+    again is compiled once and then starts in well under a millisecond. An
+    initialiser that cannot run inside ``jit`` (say, a jit with compiler
+    options) stays op by op.
+    """
+
+    def __init__(self, *setup):
+        self.start = _start_fn(*setup)
+        self.uses = 0
+        self.jit_ok = True
+        self.compiled: Callable | None = None
+
+    def __call__(self, keys: jax.Array):
+        self.uses += 1
+        if self.compiled is None and self.uses > 1 and self.jit_ok:
+            compiled = jax.jit(jax.vmap(self.start))
+            try:
+                run = compiled(keys)
+            except Exception:  # noqa: BLE001 - op by op below raises any real error
+                self.jit_ok = False
+            else:
+                self.compiled = compiled
+                return run
+        return (self.compiled or jax.vmap(self.start))(keys)
+
+
+_starts = functools.lru_cache(maxsize=32)(_Starts)  # one per setup, compared by identity
 
 
 def _initial_runs(setup: tuple, keys: jax.Array):
-    """Every restart's epoch-0 carry, leaves ``(restarts, ...)``.
-
-    Compiled once per initialiser and optimiser: the same ones start again at
-    once, where op-by-op dispatch of the initialiser costs milliseconds. An
-    initialiser that cannot run inside ``jit`` (say, a jit with compiler
-    options) is vmapped op by op instead; a real error in it surfaces there.
-    """
+    """Every restart's epoch-0 carry, leaves ``(restarts, ...)``."""
     try:
-        return _compiled_starts(*setup)(keys)
-    except Exception:  # noqa: BLE001 - retried op by op, which raises any real error
-        return jax.vmap(_start_fn(*setup))(keys)
+        starts = _starts(*setup)
+    except TypeError:  # an unhashable initialiser or optimiser: no reuse to plan for
+        starts = _Starts(*setup)
+    return starts(keys)
 
 
 def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
@@ -158,9 +180,9 @@ def fit_restarts(loss_fn: Callable | StatefulLoss, init_fn: Callable,
                  checkpoint_every=1, epochs_per_call=epochs_per_call)
     cfg = Config(loss_fn, optimizer, int(batch_size), bool(drop_last), tuple(metrics.items()),
                  early_stopping, None, int(epochs_per_call))
+    devices = _device_count(fn_name, num, num_devices)
     run = _initial_runs((init_fn, optimizer, early_stopping, isinstance(loss_fn, StatefulLoss)),
                         keys)
-    devices = _device_count(fn_name, num, num_devices)
     if devices > 1:
         mesh = data_mesh(devices)
         run, train_data, val_data = (shard_batch(run, mesh), replicate(train_data, mesh),
