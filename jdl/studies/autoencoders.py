@@ -413,19 +413,20 @@ def denoising(ctx, noise=NOTES_NOISE, test_noise=NOTES_NOISE, invariant_ratio=0.
     k_noise, k_pairs = jax.random.split(key)
     x = ds.x_test
     x_noisy = x + test_noise * jax.random.normal(k_noise, x.shape, x.dtype)
-    shifts = np.zeros((runs, 2))
-    for run in range(runs):
-        plain_model, plain = _dense(seed, epochs, run=run)
-        model, denoiser = (_dense(seed, epochs, noise=float(noise), run=run) if noise
-                           else (plain_model, plain))
-        shifts[run] = [_code_shift(plain_model, plain, x, x_noisy, k_pairs),
-                       _code_shift(model, denoiser, x, x_noisy, k_pairs)]
-        if run == 0:  # run 0's pair: the growth with the noise and the reconstructions
-            growth = _code_shift(model, denoiser, x, 2 * x_noisy - x, k_pairs) / shifts[0, 1]
-            clean_plain = float(losses.reconstruction(x, plain_model.apply(plain, x_noisy)[0]))
-            clean_denoise = float(losses.reconstruction(x, model.apply(denoiser, x_noisy)[0]))
-            passed = (clean_plain - _error(plain_model, plain, x)) / float(
-                losses.reconstruction(x, x_noisy))   # the noise energy the plain AE lets through
+
+    def pair(run):
+        plain = _dense(seed, epochs, run=run)
+        return plain, (_dense(seed, epochs, noise=float(noise), run=run) if noise else plain)
+
+    shifts = np.array([[_code_shift(*m, x, x_noisy, k_pairs) for m in pair(run)]
+                       for run in range(runs)])
+    # the first run's pair (cached): growth with the noise, reconstructions of the clean digit
+    (plain_model, plain), (model, denoiser) = pair(0)
+    growth = _code_shift(model, denoiser, x, 2 * x_noisy - x, k_pairs) / shifts[0, 1]
+    clean_plain = float(losses.reconstruction(x, plain_model.apply(plain, x_noisy)[0]))
+    clean_denoise = float(losses.reconstruction(x, model.apply(denoiser, x_noisy)[0]))
+    passed = (clean_plain - _error(plain_model, plain, x)) / float(
+        losses.reconstruction(x, x_noisy))   # the noise energy the plain AE lets through
     ratios = shifts[:, 1] / shifts[:, 0]
     ratio, ratio_se = float(ratios.mean()), float(ratios.std(ddof=1) / np.sqrt(runs))
     shift_plain, shift_denoise = (float(v) for v in shifts.mean(0))
