@@ -18,7 +18,11 @@ all cores; jdl's small per-image kernels run on one, so jdl is also timed
 with the batch sharded over the cores, each made a JAX device (this script
 sets ``--xla_force_host_platform_device_count`` to the core count).
 
-Run:  .venv/bin/python experiments/benchmarks/attribution_vs_peers.py [--quick]
+On a GPU, torch (captum, shap's model calls, zennit's timed runs) runs there
+too, and both sides compute in full float32 (no TF32); the float64 relevance
+comparison stays on the CPU.
+
+Run:  .venv/bin/python experiments/benchmarks/attribution_vs_peers.py [--quick] [--instances N]
 Writes experiments/benchmarks/results/attribution_vs_peers_<platform>.json.
 """
 
@@ -51,7 +55,16 @@ from jdl import attribution, data, nn  # noqa: E402
 from jdl.parallel import data_mesh, replicate, shard_batch  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+TORCH_DEVICE = torch.device(
+    "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
+
+def _torch_sync():
+    if TORCH_DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 CLOCKS = ("wall", "cpu")
 PAUSE = 0.05
@@ -107,7 +120,7 @@ def _mlp_jax(p, rows):
 class _MLPTorch(torch.nn.Module):
     def __init__(self, p):
         super().__init__()
-        self.w = {k: torch.from_numpy(v) for k, v in p.items()}
+        self.w = {k: torch.from_numpy(v).to(TORCH_DEVICE) for k, v in p.items()}
         self.rows = 0
 
     def forward(self, rows):
@@ -137,12 +150,13 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
 
     # captum: n_samples permutations, d perturbations per forward call (its fastest setting)
     captum = ShapleyValueSampling(tmodel)
-    x_t, b_t = torch.from_numpy(x.copy()), torch.from_numpy(baseline.copy())[None]
+    x_t = torch.from_numpy(x.copy()).to(TORCH_DEVICE)
+    b_t = torch.from_numpy(baseline.copy())[None].to(TORCH_DEVICE)
 
     def run_captum():
         with torch.no_grad():
             return captum.attribute(x_t, baselines=b_t, n_samples=captum_samples,
-                                    perturbations_per_eval=d).numpy()
+                                    perturbations_per_eval=d).cpu().numpy()
 
     tmodel.rows = 0
     torch.manual_seed(0)
@@ -182,7 +196,8 @@ def shapley_benchmark(n: int, n_shap: int, captum_samples: int, repeats: int) ->
     # shap: row by row, max_evals = the same budget per row
     def masked_model(batch):
         with torch.no_grad():
-            return tmodel(torch.from_numpy(np.asarray(batch, np.float32))).numpy()
+            rows = torch.from_numpy(np.asarray(batch, np.float32)).to(TORCH_DEVICE)
+            return tmodel(rows).cpu().numpy()
 
     explainer = shap.PermutationExplainer(masked_model, baseline[None])
     explainer(x[:1], max_evals=int(budget), silent=True)          # warm-up
@@ -286,14 +301,16 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
     pool = jnp.concatenate([ds.x_train, ds.x_val, ds.x_test]).astype(jnp.float32)
     x32 = pool[jnp.arange(batch) % pool.shape[0]]
     explain(p32, x32).relevance.block_until_ready()
-    tmodel = _torch_cnn(params, torch.float32)
+    tmodel = _torch_cnn(params, torch.float32).to(TORCH_DEVICE)
     x_t = torch.from_numpy(np.ascontiguousarray(np.asarray(x32).transpose(0, 3, 1, 2)))
+    x_t = x_t.to(TORCH_DEVICE)
     with torch.no_grad():
         onehot = torch.nn.functional.one_hot(tmodel(x_t).argmax(1), 10).float()
 
     def run_zennit():
         with Gradient(model=tmodel, composite=EpsilonGammaBox(low=0.0, high=1.0)) as attributor:
             attributor(x_t.clone().requires_grad_(), lambda out: out * onehot)
+        _torch_sync()
 
     run_zennit()
     forward = jax.jit(lambda p, v: model.apply(p, v)[0])
@@ -332,14 +349,15 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--instances", type=int, default=2048, help="Shapley instances")
     args = parser.parse_args()
     sizes = dict(n=128, n_shap=4, captum_samples=10, repeats=1) if args.quick else dict(
-        n=2048, n_shap=16, captum_samples=36, repeats=7)
+        n=args.instances, n_shap=16, captum_samples=36, repeats=7)
     device = jax.devices()[0]
     report = {
         "platform": device.platform, "device": str(device.device_kind),
         "cpu_count": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0],
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "torch_device": str(TORCH_DEVICE),
         "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
         "shapley": shapley_benchmark(**sizes),
         "lrp": lrp_benchmark(batch=256 if args.quick else 1024,

@@ -3,7 +3,10 @@
 Model: 64-128-128-10 with tanh (26,122 parameters), softmax cross-entropy
 (mean), all 1,797 digits as one batch, float32; the same initial weights are
 copied into a ``torch.nn.Sequential`` for PyHessian (``hessian(model,
-criterion, data=(x, y), cuda=False)``).
+criterion, data=(x, y), cuda=...)``). The weights are drawn on the CPU on every
+backend, so a GPU run has the CPU run's model and dense reference. On a GPU,
+torch and PyHessian run there too, and both sides compute in full float32 (no
+TF32: ``jax_default_matmul_precision="highest"``, torch's TF32 switches off).
 
 Reference ("dense"): ``jdl.hessian.hessian_matrix`` of the same model in
 float64 (26,122^2 doubles = 5.5 GB), then
@@ -50,6 +53,11 @@ from jdl import data, hessian, losses, nn  # noqa: E402
 from jdl.hessian import operators  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+TORCH_DEVICE = torch.device(
+    "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 MODEL = nn.serial(nn.dense(128), nn.activation("tanh"), nn.dense(128), nn.activation("tanh"),
                   nn.dense(10))
 
@@ -67,7 +75,16 @@ def torch_model(params) -> torch.nn.Module:
         for index, name in ((0, "0_dense"), (2, "2_dense"), (4, "4_dense")):
             model[index].weight.copy_(torch.from_numpy(np.asarray(params[name]["w"]).T.copy()))
             model[index].bias.copy_(torch.from_numpy(np.asarray(params[name]["b"]).copy()))
-    return model
+    return model.to(TORCH_DEVICE)
+
+
+def torch_timed(fn):
+    """``(seconds, fn())``, waiting for torch's queued GPU work."""
+    start = time.perf_counter()
+    result = fn()
+    if TORCH_DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
 
 
 def timed(fn, repeats: int):
@@ -154,14 +171,19 @@ def main() -> int:
     out = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                        "jax_backend": backend, "jax": jax.__version__,
                        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                       "note": "shared 2-core CPU: numbers are noisy"}}
+                       "device": jax.devices()[0].device_kind, "torch_device": str(TORCH_DEVICE),
+                       "note": "shared 2-core CPU: numbers are noisy" if backend == "cpu"
+                       else "float32 without TF32 on both sides"}}
 
     ds = data.load("digits", split=(1.0, 0.0, 0.0))
     x, y = ds.x_train, ds.y_train  # (1797, 64) float32, (1797,) int32
-    _, params, _ = MODEL.init(jax.random.key(0), (-1, 64), jnp.float32)
+    with jax.default_device(jax.devices("cpu")[0]):  # the same weights on every backend
+        _, params, _ = MODEL.init(jax.random.key(0), (-1, 64), jnp.float32)
+    params = jax.device_put(params, jax.devices()[0])
     n = operators.param_count(params)
     model = torch_model(params)
-    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+    xt = torch.from_numpy(np.array(x)).to(TORCH_DEVICE)
+    yt = torch.from_numpy(np.array(y)).long().to(TORCH_DEVICE)
     criterion = torch.nn.CrossEntropyLoss()
     loss_jdl = float(loss_fn(params, (x, y)))
     with torch.no_grad():
@@ -228,13 +250,12 @@ def main() -> int:
     start = time.perf_counter()
     from pyhessian import hessian as pyhessian
 
-    ph = pyhessian(model, criterion, data=(xt, yt), cuda=False)
+    ph = pyhessian(model, criterion, data=(xt, yt), cuda=TORCH_DEVICE.type == "cuda")
     t_setup = time.perf_counter() - start
     times, values = [], None
     for _ in range(args.torch_repeats):
-        start = time.perf_counter()
-        values, _ = ph.eigenvalues(top_n=5)
-        times.append(time.perf_counter() - start)
+        seconds, (values, _) = torch_timed(lambda: ph.eigenvalues(top_n=5))
+        times.append(seconds)
     ph_eig = {"seconds": float(np.median(times)), "setup_seconds": t_setup, "values": values,
               "relative_errors": relative_errors(values, top5)}
     print(f"PyHessian top-5: {ph_eig['seconds']:.2f} s (setup {t_setup:.2f} s), max rel. "
@@ -251,15 +272,15 @@ def main() -> int:
     exact = float(ref["trace"])
     times, samples = [], None
     for _ in range(args.torch_repeats):
-        start = time.perf_counter()
-        samples = np.asarray(ph.trace(maxIter=m, tol=float("-inf")))  # exactly m samples
-        times.append(time.perf_counter() - start)
+        seconds, samples = torch_timed(lambda: ph.trace(maxIter=m, tol=float("-inf")))
+        times.append(seconds)  # exactly m samples
+    samples = np.asarray(samples)
     ph_trace = {"seconds": float(np.median(times)), "num_samples": int(samples.size),
                 "estimate": float(samples.mean()),
                 "stderr": float(samples.std(ddof=1) / np.sqrt(samples.size))}
-    start = time.perf_counter()
-    default_samples = np.asarray(ph.trace())
-    ph_trace["default_call"] = {"seconds": time.perf_counter() - start,
+    seconds, default_samples = torch_timed(ph.trace)
+    default_samples = np.asarray(default_samples)
+    ph_trace["default_call"] = {"seconds": seconds,
                                 "num_samples": int(default_samples.size),
                                 "estimate": float(default_samples.mean())}
     jdl_trace = {}

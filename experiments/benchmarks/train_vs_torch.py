@@ -25,6 +25,9 @@ noisy, so jdl and torch runs are interleaved (same load for both; jdl's much
 shorter calls are timed 5 times a turn) and the median and the best of the
 repeats are reported; jdl's compile time (first call) is reported separately.
 
+On a GPU, the torch loop runs there too (its permutations drawn there), and
+both sides compute in full float32 (no TF32).
+
 Run: ``.venv/bin/python experiments/benchmarks/train_vs_torch.py [--quick]``.
 Writes ``experiments/benchmarks/results/train_vs_torch_cpu.json`` (or ``_gpu``).
 """
@@ -53,6 +56,11 @@ from jdl import train as jt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PAUSE = 0.05  # seconds between timed calls
+TORCH_DEVICE = torch.device(
+    "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 
 def jdl_setup(hidden: int):
@@ -82,7 +90,7 @@ def torch_model(params) -> torch.nn.Module:
         for layer, name in ((model[0], "0_dense"), (model[2], "2_dense")):
             layer.weight.copy_(torch.from_numpy(np.asarray(params[name]["w"]).T.copy()))
             layer.bias.copy_(torch.from_numpy(np.asarray(params[name]["b"]).copy()))
-    return model
+    return model.to(TORCH_DEVICE)
 
 
 def notes_loop(model, X, y, *, lr, batch_size, num_epochs, permutations=None, val=None):
@@ -98,7 +106,8 @@ def notes_loop(model, X, y, *, lr, batch_size, num_epochs, permutations=None, va
     SGD = torch.optim.SGD(model.parameters(), lr=lr)
     for epoch in range(num_epochs):
         epoch_loss = 0.0
-        permutation = torch.randperm(N) if permutations is None else permutations[epoch]
+        permutation = (torch.randperm(N, device=X.device) if permutations is None
+                       else permutations[epoch].to(X.device))
         X = X[permutation]
         y = y[permutation]
         for i in range(batch_it):
@@ -162,10 +171,10 @@ def same_permutation_check(train, loss_fn, params, *, lr, batch_size, epochs=3):
         relative.append(torch.from_numpy(inverse[perm]))
         previous = perm
     model = torch_model(params)
-    X, Y = (torch.from_numpy(np.array(a)) for a in train)
+    X, Y = (torch.from_numpy(np.array(a)).to(TORCH_DEVICE) for a in train)
     log = notes_loop(model, X, Y, lr=lr, batch_size=batch_size, num_epochs=epochs,
                      permutations=relative)
-    w_torch = model[0].weight.detach().numpy().T
+    w_torch = model[0].weight.detach().cpu().numpy().T
     w_jdl = np.asarray(result.params["0_dense"]["w"])
     return {
         "epochs": epochs,
@@ -184,8 +193,8 @@ def measure(hidden: int, *, epochs: int, restarts: int, batch_size: int, lr: flo
     params = init_fn(jax.random.key(0))
     n = train[0].shape[0]
     optimizer = optax.sgd(lr)
-    X, Y = (torch.from_numpy(np.array(a)) for a in train)
-    X_val, Y_val = (torch.from_numpy(np.array(a)) for a in val)
+    X, Y = (torch.from_numpy(np.array(a)).to(TORCH_DEVICE) for a in train)
+    X_val, Y_val = (torch.from_numpy(np.array(a)).to(TORCH_DEVICE) for a in val)
     out = {"setup": {"data": "digits train split (validation split for restarts)",
                      "examples": n, "validation_examples": int(val[0].shape[0]),
                      "hidden": hidden,
@@ -329,10 +338,12 @@ def main() -> None:
     common = dict(epochs=args.epochs, restarts=args.restarts, batch_size=args.batch_size,
                   lr=args.lr, torch_threads=tuple(args.torch_threads))
     out = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+           "torch_device": str(TORCH_DEVICE),
            "platform": platform.platform(), "jax": jax.__version__, "torch": torch.__version__,
            "load_average_before": os.getloadavg(),
-           "note": "CPU (2 cores) shared with other jobs while measured: numbers are noisy; "
-                   "jdl and torch runs are interleaved so both see the same load; torch "
+           "note": ("CPU (2 cores) shared with other jobs while measured: numbers are noisy; "
+                    if jax.default_backend() == "cpu" else "float32 without TF32 on both sides; ")
+                   + "jdl and torch runs are interleaved so both see the same load; torch "
                    f"runs with torch.set_num_threads in {args.torch_threads}, the ratio uses "
                    "the fastest",
            "main": measure(args.hidden, repeats=repeats, **common), "sweep": []}
