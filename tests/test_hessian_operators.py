@@ -144,6 +144,34 @@ def test_block_hessian_is_the_diagonal_block():
                                rtol=1e-10, atol=1e-12)
 
 
+def _dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every dot_general in a jaxpr and the jaxprs nested in it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(inner, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                    found += _dot_precisions(getattr(inner, "jaxpr", inner))
+    return found
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_products_use_full_matmul_precision_unless_the_caller_set_one(curvature):
+    # XLA's default on GPUs is TF32 (~1e-3): a GPU run of a float32 top-5 missed 1e-4
+    op = hessian.operators.Operator(MLP_SPLIT, curvature)
+    data = hessian.operators.prepare_data("test", (X, Y))
+    matvec = lambda v: hessian.operators.matvec_fn(op, PARAMS, data)[0](v)  # noqa: E731
+    v = jnp.ones(hessian.operators.param_count(PARAMS))
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    precisions = _dot_precisions(jax.make_jaxpr(matvec)(v).jaxpr)
+    assert len(precisions) >= 6 and set(precisions) == {highest}
+    with jax.default_matmul_precision("bfloat16"):
+        chosen = _dot_precisions(jax.make_jaxpr(matvec)(v).jaxpr)
+    assert len(chosen) == len(precisions) and highest not in chosen
+
+
 def test_sharded_data_gives_the_same_eigenvalues():
     sharded = parallel.shard_batch((X, Y), parallel.data_mesh(4))
     assert len(sharded[0].sharding.device_set) == 4
