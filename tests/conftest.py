@@ -1,7 +1,9 @@
 """Test configuration: four host devices for sharding tests, float64, a tiny study context.
 
 XLA_FLAGS must be set before JAX initialises its backends; the default
-device stays CPU 0, so single-device tests are unaffected.
+device stays CPU 0, so single-device tests are unaffected. Tests marked
+``devices(n)`` need ``n`` devices of the default backend: always there on the
+CPU, skipped (saying so) where the default backend is one GPU.
 """
 
 import os
@@ -15,6 +17,13 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 from jdl.studies.registry import Context  # noqa: E402
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("devices")
+    if marker and jax.device_count() < marker.args[0]:
+        pytest.skip(f"needs {marker.args[0]} devices of the default backend; "
+                    f"{jax.default_backend()} has {jax.device_count()}")
 
 
 @pytest.fixture(scope="module")

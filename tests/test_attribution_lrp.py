@@ -258,6 +258,7 @@ def test_composites_assign_rules_by_position_and_type():
     assert [r.name for _, r in rules_of(_cnn(), uniform(lrp_0()))] == ["0", "0", "0"]
 
 
+@pytest.mark.devices(4)
 def test_jit_and_sharded_batch_give_the_same_relevance():
     model = _cnn()
     params, _ = _init(model, (8, 8, 1))

@@ -199,6 +199,7 @@ def test_float32_stays_float32_and_params_change_without_recompiling():
     assert not np.allclose(first.values, second.values)
 
 
+@pytest.mark.devices(4)
 @pytest.mark.parametrize("method", ["permutation", "exact"])
 def test_sharded_batch_gives_the_same_values(method):
     f = Partial(_mlp, _mlp_params(5, k=2, seed=7))

@@ -172,6 +172,7 @@ def test_products_use_full_matmul_precision_unless_the_caller_set_one(curvature)
     assert len(chosen) == len(precisions) and highest not in chosen
 
 
+@pytest.mark.devices(4)
 def test_sharded_data_gives_the_same_eigenvalues():
     sharded = parallel.shard_batch((X, Y), parallel.data_mesh(4))
     assert len(sharded[0].sharding.device_set) == 4

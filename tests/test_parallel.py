@@ -8,6 +8,7 @@ import pytest
 from jdl import parallel
 
 
+@pytest.mark.devices(4)
 def test_sharded_mean_equals_unsharded():
     mesh = parallel.data_mesh(4)
     x = jax.random.normal(jax.random.key(0), (16, 3))
@@ -18,6 +19,7 @@ def test_sharded_mean_equals_unsharded():
                                rtol=1e-12)
 
 
+@pytest.mark.devices(4)
 def test_bad_input():
     with pytest.raises(ValueError, match="num_devices"):
         parallel.data_mesh(len(jax.devices()) + 1)

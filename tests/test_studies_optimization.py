@@ -210,6 +210,7 @@ def test_random_batches_flip_for_full_batches(ctx):
 # --- parallelism and extra tips -------------------------------------------------------------------
 
 
+@pytest.mark.devices(4)
 def test_data_parallel_needs_synchronised_replicas(ctx):
     assert jax.device_count() >= 4, "conftest provides 4 host devices"
     finding = well_formed(opt.data_parallel(ctx), ctx)

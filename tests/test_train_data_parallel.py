@@ -24,6 +24,7 @@ def digits():
     return (ds.x_train[:400], ds.y_train[:400]), (ds.x_val[:100], ds.y_val[:100])
 
 
+@pytest.mark.devices(4)
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_sharded_equals_unsharded(digits, drop_last):
     assert len(jax.devices()) >= 4, "conftest provides 4 host devices"
@@ -44,6 +45,7 @@ def test_sharded_equals_unsharded(digits, drop_last):
     assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
 
 
+@pytest.mark.devices(4)
 def test_batch_size_must_divide_over_devices(digits):
     train, _ = digits
     _, params, _ = MODEL.init(jax.random.key(0), (-1, 64))

@@ -93,6 +93,7 @@ def test_bad_keys():
                         epochs=2, batch_size=16)
 
 
+@pytest.mark.devices(4)
 def test_restarts_sharded_over_devices_equal_one_device():
     keys = jax.random.split(jax.random.key(5), 4)
 
