@@ -264,11 +264,15 @@ def test_rows_per_model_call_stay_within_max_rows(method, n, m, max_rows):
     np.testing.assert_allclose(result.values, reference.values, atol=1e-12)
 
 
-@pytest.mark.parametrize("g", [2, 10, 70])  # pairwise counts up to 64 players, a sort above
-def test_random_ranks_are_the_ranks_of_the_keys_random_bits(g):
+@pytest.mark.parametrize("g", [2, 10, 17, 70])  # pairwise counts up to 64 players, a sort above
+def test_random_ranks_order_the_keys_random_bits_with_the_index_in_the_low_bits(g):
     from jdl.attribution.shapley import _random_ranks
 
     key = jax.random.key(7)
     ranks = np.asarray(_random_ranks(key, (3, 5, g)))
     bits = np.asarray(jax.random.bits(key, (3, 5, g), jnp.uint32))
-    np.testing.assert_array_equal(ranks, np.argsort(np.argsort(bits, -1, kind="stable"), -1))
+    low = (g - 1).bit_length()
+    keys = (bits >> low << low) | np.arange(g, dtype=np.uint32)
+    assert len(np.unique(keys[0, 0])) == g
+    np.testing.assert_array_equal(ranks, np.argsort(np.argsort(keys, -1), -1))
+    np.testing.assert_array_equal(np.sort(ranks, -1), np.broadcast_to(np.arange(g), ranks.shape))

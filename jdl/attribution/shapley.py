@@ -174,13 +174,9 @@ def shapley(f: Callable, x, baseline, *, key: jax.Array | None = None,
         raise ValueError(f"shapley: non-finite model outputs (NaN or inf) on {what}; check the "
                          f"model and the inputs")
     n, m, g = x.shape[0], background.shape[0], num_groups
-    one_output = prediction.ndim == 1
     per_instance = {"permutation": num_permutations * (g - 1) * m,
                     "exact": 2 ** g * m, "kernel": (num_samples or 0) * m}[method]
     num_evaluations = n * (per_instance + 1) + m
-    if one_output:
-        values, base = values[..., 0], base[..., 0]
-        std_error = None if std_error is None else std_error[..., 0]
     if single:
         values, prediction = values[0], prediction[0]
         std_error = None if std_error is None else std_error[0]
@@ -251,7 +247,7 @@ class _Plan(NamedTuple):
 
 
 def _plan(n: int, m: int, num_units: int, max_rows: int, align: int = 1) -> _Plan:
-    """Chunk sizes with the fewest padded rows (then the fewest calls).
+    """Chunk sizes with the fewest padded rows, then the fewest calls, then one call a block.
 
     ``per_call`` is a multiple of ``align`` whenever ``align * bm <= max_rows``
     (so a call holds whole permutations); instance blocks and coalition
@@ -272,7 +268,7 @@ def _plan(n: int, m: int, num_units: int, max_rows: int, align: int = 1) -> _Pla
         per_call = min(per_call, balanced)
         num_chunks = -(-num_units // per_call)
         padded = num_blocks * block * num_chunks * per_call
-        score = (padded, num_blocks * num_chunks)
+        score = (padded, num_blocks * num_chunks, num_chunks)
         if best is None or score < best[0]:
             best = (score, _Plan(block, num_blocks, per_call, num_chunks, bm, num_bg))
     return best[1]
@@ -357,21 +353,21 @@ def _instance_keys(key: jax.Array, n: int) -> jax.Array:
 def _random_ranks(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Uniformly random permutations of ``0 .. g-1``, given as ranks: ``(*shape, g)``.
 
-    ``rank[a]`` is the position of player ``a``. For small ``g`` the rank is a
-    count of smaller keys (ties broken by index), which vectorises far better
-    than a sort on CPU.
+    ``rank[a]`` is the position of player ``a``: the order of random 32-bit
+    keys whose low ``w = bit_length(g - 1)`` bits are replaced by the player's
+    index, so no two are equal (a tie in the other ``32 - w`` bits, chance
+    below ``g^2 / 2^(33 - w)`` per permutation, goes to the lower index). For
+    small ``g`` the rank is a count of smaller keys, which vectorises far
+    better than a sort on CPU.
     """
     g = shape[-1]
-    # the same bits as ``bits(key, shape)``, drawn flat: XLA's CPU threefry over a
-    # short minor axis (g) vectorises badly, ~4x slower
+    # drawn flat: XLA's CPU threefry over a short minor axis (g) vectorises badly, ~4x slower
     noise = jax.random.bits(key, (math.prod(shape),), jnp.uint32).reshape(shape)
+    w = max(g - 1, 1).bit_length()
+    keys = (noise >> w << w) | jnp.arange(g, dtype=jnp.uint32)
     if g > 64:
-        return jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
-    index = jnp.arange(g)
-    lower = (index[None, :] < index[:, None]).reshape((1,) * (noise.ndim - 1) + (g, g))
-    before = (noise[..., None, :] < noise[..., :, None]) | (
-        (noise[..., None, :] == noise[..., :, None]) & lower)
-    return before.sum(-1, dtype=jnp.int32)
+        return jnp.argsort(jnp.argsort(keys, axis=-1), axis=-1).astype(jnp.int32)
+    return (keys[..., None, :] < keys[..., :, None]).sum(-1, dtype=jnp.int32)
 
 
 def _permutation(x, background, f, groups, key, prediction, base, *, num_groups,
@@ -534,6 +530,9 @@ def _shapley_core(f, x, background, groups, key, *, method, num_permutations, an
         outputs_finite = values_finite
     finite = jnp.stack([jnp.all(jnp.isfinite(prediction)), jnp.all(jnp.isfinite(base)),
                         outputs_finite, values_finite])
+    if len(out) == 1:                      # a one-output model: drop the outputs axis
+        values, base = values[..., 0], base[0]
+        std_error = None if std_error is None else std_error[..., 0]
     return values, std_error, prediction.reshape((x.shape[0], *out[1:])), base, finite
 
 
