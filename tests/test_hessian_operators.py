@@ -144,6 +144,37 @@ def test_block_hessian_is_the_diagonal_block():
                                rtol=1e-10, atol=1e-12)
 
 
+class _UnhashableLoss:
+    """A loss object with ``__eq__`` and so no hash."""
+
+    def __eq__(self, other):
+        return isinstance(other, _UnhashableLoss)
+
+    __hash__ = None
+
+    def __call__(self, params, batch):
+        return mlp_loss(params, batch)
+
+
+def test_repeated_products_do_not_trace_the_loss_again():
+    calls = []
+
+    def counted(params, batch):
+        calls.append(1)
+        return mlp_loss(params, batch)
+
+    v = jax.tree.map(jnp.ones_like, PARAMS)
+    for loss in (counted, hessian.SplitLoss(lambda p, b: counted(p, b) * 0 + MODEL.apply(
+            p, b[0])[0], MLP_SPLIT.output_loss)):
+        first = hessian.hvp(loss, PARAMS, (X, Y), v)
+        traced = len(calls)
+        again = hessian.hvp(loss, PARAMS, (X, Y), v)
+        assert traced >= 2 and len(calls) == traced    # the check and the product: cached
+        np.testing.assert_array_equal(ravel_pytree(again)[0], ravel_pytree(first)[0])
+    with pytest.raises(ValueError, match="hvp: expected a hashable loss_fn"):
+        hessian.hvp(_UnhashableLoss(), PARAMS, (X, Y), v)
+
+
 def _dot_precisions(jaxpr) -> list:
     """The ``precision`` of every dot_general in a jaxpr and the jaxprs nested in it."""
     found = []

@@ -226,12 +226,24 @@ def replace(params: Any, block: tuple | None, sub: Any) -> Any:
 # --- validation ---------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _traceable(loss_fn: Callable) -> Callable:
+    """A plain function calling ``loss_fn``, the same one each time: JAX then reuses its trace.
+
+    (``loss_fn`` itself may be a NamedTuple such as :class:`SplitLoss`, which
+    JAX's trace cache cannot hold by weak reference.) A repeated check of the
+    same problem costs ~0.1 ms instead of a fresh trace (~1.7 ms on the
+    benchmark MLP).
+    """
+    return lambda params, batch: loss_fn(params, batch)
+
+
 def check_problem(fn_name: str, operator: Operator, params: Any, data: Any) -> tuple:
     """Validate a curvature problem; returns the prepared data.
 
     Raises:
       ValueError: for an unknown curvature, a GGN without a :class:`SplitLoss`,
-        an unknown block, params with non-float leaves, bad data, or a loss
+        an unhashable loss, an unknown block, params with non-float leaves, bad data, or a loss
         that is not a float scalar.
     """
     if operator.curvature not in CURVATURES:
@@ -243,6 +255,12 @@ def check_problem(fn_name: str, operator: Operator, params: Any, data: Any) -> t
             f"got {type(operator.loss_fn).__name__}")
     if not callable(operator.loss_fn):
         raise ValueError(f"{fn_name}: expected a callable loss_fn, got {operator.loss_fn!r}")
+    try:
+        hash(operator.loss_fn)
+    except TypeError:
+        raise ValueError(
+            f"{fn_name}: expected a hashable loss_fn (it keys the compiled program), got an "
+            f"unhashable {type(operator.loss_fn).__name__}; wrap it in a function") from None
     try:
         sub = select(params, operator.block)
     except (KeyError, IndexError, TypeError) as err:
@@ -258,7 +276,7 @@ def check_problem(fn_name: str, operator: Operator, params: Any, data: Any) -> t
                 f"{fn_name}: expected float params, got dtype {dtype} at "
                 f"{jax.tree_util.keystr(path)}")
     prepared = prepare_data(fn_name, data)
-    out = jax.eval_shape(lambda p, b: operator.loss_fn(p, b), params, first_batch(prepared))
+    out = jax.eval_shape(_traceable(operator.loss_fn), params, first_batch(prepared))
     if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(
             f"{fn_name}: expected loss_fn(params, batch) to return a float scalar, got "
