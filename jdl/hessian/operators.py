@@ -253,8 +253,8 @@ def check_problem(fn_name: str, operator: Operator, params: Any, data: Any) -> t
 
     Raises:
       ValueError: for an unknown curvature, a GGN without a :class:`SplitLoss`,
-        an unhashable loss, an unknown block, params with non-float leaves, bad data, or a loss
-        that is not a float scalar.
+        an unhashable loss, an unknown block, params with non-float leaves, bad
+        data, or a loss that is not a float scalar.
     """
     if operator.curvature not in CURVATURES:
         raise ValueError(
