@@ -60,12 +60,6 @@ TORCH_DEVICE = torch.device(
 if jax.default_backend() != "cpu":
     jax.config.update("jax_default_matmul_precision", "highest")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-
-
-def _torch_sync():
-    if TORCH_DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
 CLOCKS = ("wall", "cpu")
 PAUSE = 0.05
 
@@ -310,7 +304,8 @@ def lrp_benchmark(batch: int, repeats: int) -> dict:
     def run_zennit():
         with Gradient(model=tmodel, composite=EpsilonGammaBox(low=0.0, high=1.0)) as attributor:
             attributor(x_t.clone().requires_grad_(), lambda out: out * onehot)
-        _torch_sync()
+        if TORCH_DEVICE.type == "cuda":
+            torch.cuda.synchronize()
 
     run_zennit()
     forward = jax.jit(lambda p, v: model.apply(p, v)[0])
