@@ -190,7 +190,7 @@ def _dot_precisions(jaxpr) -> list:
 
 @pytest.mark.parametrize("curvature", ["hessian", "ggn"])
 def test_products_use_full_matmul_precision_unless_the_caller_set_one(curvature):
-    # XLA's default on GPUs is TF32 (~1e-3): a GPU run of a float32 top-5 missed 1e-4
+    # XLA's default on GPUs is TF32 (~1e-3): a float32 eigenvalue test missed 1e-4 on a GPU
     op = hessian.operators.Operator(MLP_SPLIT, curvature)
     data = hessian.operators.prepare_data("test", (X, Y))
     matvec = lambda v: hessian.operators.matvec_fn(op, PARAMS, data)[0](v)  # noqa: E731
