@@ -255,10 +255,11 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     rounds = -(-3 * width // (32 - width))
     low = jnp.uint32((1 << width) - 1)
     position = jnp.arange(n, dtype=jnp.uint32)
-    perm = jnp.arange(n, dtype=jnp.int32)
+    perm = None
     for round_key in jax.random.split(key, rounds):
         words = jax.random.bits(round_key, (n,), jnp.uint32) & ~low | position
-        perm = perm[(jax.lax.sort(words) & low).astype(jnp.int32)]
+        order = (jax.lax.sort(words) & low).astype(jnp.int32)
+        perm = order if perm is None else perm[order]
     return perm
 
 
