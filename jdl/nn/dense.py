@@ -43,9 +43,10 @@ def _matmul_jvp(primals, tangents):
     x, w = primals
     x_dot, w_dot = tangents
     y = x @ w
-    parts = ([] if isinstance(x_dot, SymbolicZero) else [x_dot @ w]) + (
-        [] if isinstance(w_dot, SymbolicZero) else [_input_times(x, w_dot)])
-    return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+    y_dot = jnp.zeros_like(y) if isinstance(x_dot, SymbolicZero) else x_dot @ w
+    if not isinstance(w_dot, SymbolicZero):
+        y_dot = y_dot + _input_times(x, w_dot)
+    return y, y_dot
 
 
 matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
