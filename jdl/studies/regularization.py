@@ -1138,25 +1138,26 @@ def dropout(ctx, rate=0.5, hidden=(256, 256), n_train=None, epochs=None, seeds=N
                                                if not n.endswith("_dropout")]))
         (train_acc, train_loss), (test_acc, test_loss) = jax.device_get(
             [score(p, ds.x_train[:n_train], ds.y_train[:n_train]), score(p, x_held, y_held)])
-        per_seed[name] = (train_acc - test_acc, test_loss - train_loss)
+        per_seed[name] = {"accuracy_gap": train_acc - test_acc,
+                          "loss_gap": test_loss - train_loss}
         results[name] = {"train_accuracy": float(train_acc.mean()),
                          "test_accuracy": float(test_acc.mean()),
                          "train_loss": float(train_loss.mean()),
                          "test_loss": float(test_loss.mean()),
-                         "accuracy_gap": float(per_seed[name][0].mean()),
-                         "loss_gap": float(per_seed[name][1].mean())}
-    # paired by seed (the same initial weights): how much dropout narrows each gap
-    narrowing = {what: per_seed["plain"][i] - per_seed["dropout"][i]
-                 for i, what in enumerate(("accuracy_gap", "loss_gap"))}
-    stats = {what: (float(d.mean()), float(d.std(ddof=1) / np.sqrt(seeds)))
-             for what, d in narrowing.items()}
+                         **{gap: float(v.mean()) for gap, v in per_seed[name].items()}}
+
+    def narrowing(gap):
+        """How much dropout narrows ``gap``, paired by seed: mean and standard error."""
+        d = per_seed["plain"][gap] - per_seed["dropout"][gap]
+        return float(d.mean()), float(d.std(ddof=1) / np.sqrt(seeds))
+
     # the layer itself: Bernoulli(1 - rate) masks, survivors scaled by 1 / (1 - rate)
     h = jnp.ones((4096, 64), F32)
     dropped = nn.dropout(rate).apply({}, h, key=jax.random.fold_in(key, 2), train=rate > 0)[0]
     zero_fraction = float(jnp.mean(dropped == 0))
     mean_ratio = float(jnp.mean(dropped))
     plain, drop = results["plain"], results["dropout"]
-    (acc_mean, acc_se), (loss_mean, loss_se) = stats["accuracy_gap"], stats["loss_gap"]
+    (acc_mean, acc_se), (loss_mean, loss_se) = narrowing("accuracy_gap"), narrowing("loss_gap")
     significant = acc_mean > 0 and acc_mean >= 2 * acc_se
     verdict = (HOLDS if significant and loss_mean > 0 else CAVEAT if acc_mean > 0 else FAILS)
     return Finding(
